@@ -1,0 +1,134 @@
+"""BuildConfig: every option of a build, validated up front so a bad value fails before any work starts."""
+from __future__ import annotations
+
+import dataclasses
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .errors import ConfigError
+
+PERCENTILES = ("p50", "p90", "p99", "mean")
+
+
+@dataclass(frozen=True)
+class LatencyBudget:
+    """A latency budget: absolute milliseconds, or a fraction of the unpruned model measured in the same run."""
+
+    kind: str  # "absolute" | "relative"
+    value: float
+
+    def __str__(self) -> str:
+        return f"{self.value:g}x" if self.kind == "relative" else f"{self.value:g}ms"
+
+    def target_ms(self, baseline_ms: float) -> float:
+        return self.value * baseline_ms if self.kind == "relative" else self.value
+
+
+_BUDGET_RE = re.compile(r"^\s*([0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)\s*(x|ms)?\s*$")
+
+
+def parse_budget(text: str | float) -> LatencyBudget:
+    """'0.5x' -> half the unpruned latency; '3ms' or '3' -> 3 milliseconds."""
+    m = _BUDGET_RE.match(str(text))
+    if not m:
+        raise ConfigError(
+            f"latency budget {text!r} is malformed: write a fraction of the unpruned latency like '0.5x' "
+            "or milliseconds like '2.5ms'"
+        )
+    value, unit = float(m.group(1)), m.group(2) or "ms"
+    if value <= 0:
+        raise ConfigError(f"latency budget {text!r} must be greater than zero")
+    return LatencyBudget("relative" if unit == "x" else "absolute", value)
+
+
+@dataclass(frozen=True)
+class BuildConfig:
+    """Everything `edgeprune build` needs. Field names are the YAML keys; CLI flags are the same with dashes."""
+
+    model: str = "resnet20"
+    weights: str | None = None
+    input_shape: tuple[int, ...] | None = None  # (C, H, W); zoo models on digits default to (1, 32, 32)
+    data: str = "digits"
+    device: str = "cpu"
+    latency_budget: str | None = "0.5x"
+    percentile: str = "p50"
+    batch_size: int = 1
+    threads: int | None = None  # None: the device spec's default
+    criterion: str = "l1"
+    finetune_epochs: int = 3
+    train_epochs: int = 12  # only for built-in zoo models trained on the fly (cached)
+    max_iterations: int = 6
+    measure_blocks: int = 6
+    measure_iters: int = 200
+    seed: int = 0
+    out: str = "out"
+    overwrite: bool = True
+    extra: dict[str, Any] = field(default_factory=dict, compare=False)
+
+    def __post_init__(self) -> None:
+        if self.latency_budget is not None:
+            parse_budget(self.latency_budget)
+        if self.percentile not in PERCENTILES:
+            raise ConfigError(f"percentile {self.percentile!r} is unknown: use one of {', '.join(PERCENTILES)}")
+        for name in ("batch_size", "max_iterations", "measure_blocks", "measure_iters"):
+            if int(getattr(self, name)) < 1:
+                raise ConfigError(f"{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
+        for name in ("finetune_epochs", "train_epochs"):
+            if int(getattr(self, name)) < 0:
+                raise ConfigError(f"{name.replace('_', '-')} must be zero or more, got {getattr(self, name)}")
+        if self.threads is not None and int(self.threads) < 1:
+            raise ConfigError(f"threads must be at least 1, got {self.threads}")
+        if self.input_shape is not None:
+            shape = tuple(int(s) for s in self.input_shape)
+            if len(shape) != 3 or min(shape) < 1:
+                raise ConfigError(f"input shape {self.input_shape} must be C,H,W with positive sizes, e.g. 3,224,224")
+            object.__setattr__(self, "input_shape", shape)
+
+    @property
+    def budget(self) -> LatencyBudget | None:
+        return parse_budget(self.latency_budget) if self.latency_budget is not None else None
+
+    def replace(self, **changes: Any) -> "BuildConfig":
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d.pop("extra")
+        if d["input_shape"] is not None:
+            d["input_shape"] = list(d["input_shape"])
+        return d
+
+    @classmethod
+    def from_yaml(cls, path: str | Path, **overrides: Any) -> "BuildConfig":
+        path = Path(path)
+        try:
+            raw = yaml.safe_load(path.read_text()) or {}
+        except FileNotFoundError:
+            raise ConfigError(f"config file {path} does not exist") from None
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"config file {path} is not valid YAML: {str(exc).splitlines()[0]}") from None
+        if not isinstance(raw, dict):
+            raise ConfigError(f"config file {path} must hold a mapping of option: value")
+        return cls.from_dict({**raw, **{k: v for k, v in overrides.items() if v is not None}})
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> "BuildConfig":
+        names = {f.name for f in dataclasses.fields(cls)} - {"extra"}
+        clean = {str(k).replace("-", "_"): v for k, v in raw.items()}
+        unknown = sorted(set(clean) - names)
+        if unknown:
+            raise ConfigError(f"unknown config key(s) {', '.join(unknown)}: known keys are {', '.join(sorted(names))}")
+        if isinstance(clean.get("input_shape"), str):
+            clean["input_shape"] = parse_shape(clean["input_shape"])
+        return cls(**clean)
+
+
+def parse_shape(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(p) for p in re.split(r"[,x ]+", text.strip()) if p)
+    except ValueError:
+        raise ConfigError(f"input shape {text!r} is malformed: write C,H,W such as 3,224,224") from None

@@ -1,0 +1,34 @@
+"""Errors a user can act on: each carries a one-line message that says what to do, and an exit code."""
+from __future__ import annotations
+
+
+class EdgepruneError(Exception):
+    """A failure caused by input or environment, reported as one line and a non-zero exit code."""
+
+    exit_code = 2
+
+    def __init__(self, message: str):
+        super().__init__(message)
+        self.message = message
+
+
+class ConfigError(EdgepruneError):
+    """Bad option, unknown model/device/data, malformed budget."""
+
+
+class ModelLoadError(EdgepruneError):
+    """A model source that cannot be loaded or traced."""
+
+
+class RuntimeUnavailable(EdgepruneError):
+    """The runtime a stage needs (TensorRT, CUDA, trtexec, ...) is absent on this host."""
+
+
+class ParityError(EdgepruneError):
+    """The exported artifact does not compute what the PyTorch model computes."""
+
+
+class BudgetNotMet(EdgepruneError):
+    """The loop ended without meeting the budget; the best attempt is kept and marked."""
+
+    exit_code = 3

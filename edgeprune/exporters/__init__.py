@@ -1,0 +1,1 @@
+"""Exporters: ONNX (with graph cleanup and a parity gate) and TensorRT engines."""

@@ -1,0 +1,1 @@
+"""Profiling: target devices, host detection, runners, latency statistics and cost (MACs, params, bytes)."""

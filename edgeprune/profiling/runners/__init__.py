@@ -1,0 +1,31 @@
+"""Runner registry. Each runner lives in its own module and is imported only when asked for, so a runtime that
+is missing (TensorRT on a CPU host) degrades to a clear message instead of breaking the CLI."""
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from ...errors import ConfigError, RuntimeUnavailable
+from .base import Deployed, Runner
+
+RUNNERS: dict[str, tuple[str, str, dict[str, Any]]] = {
+    "onnxruntime": ("edgeprune.profiling.runners.onnxruntime", "OnnxRuntimeRunner", {}),
+    "onnxruntime-cuda": ("edgeprune.profiling.runners.onnxruntime", "OnnxRuntimeRunner",
+                         {"providers": ("CUDAExecutionProvider", "CPUExecutionProvider")}),
+}
+
+
+def get_runner(name: str, *, require_available: bool = True, **options: Any) -> Runner:
+    if name not in RUNNERS:
+        raise ConfigError(f"unknown runner {name!r}: known runners are {', '.join(RUNNERS)}")
+    module, cls, defaults = RUNNERS[name]
+    runner = getattr(importlib.import_module(module), cls)(**{**defaults, **options})
+    runner.name = name
+    if require_available:
+        why = runner.available()
+        if why:
+            raise RuntimeUnavailable(f"runner {name} cannot run here: {why}")
+    return runner
+
+
+__all__ = ["Deployed", "Runner", "RUNNERS", "get_runner"]
