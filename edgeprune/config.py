@@ -60,7 +60,7 @@ class BuildConfig:
     threads: int | None = None  # None: the device spec's default
     criterion: str = "l1"
     finetune_epochs: int = 3
-    train_epochs: int = 12  # only for built-in zoo models trained on the fly (cached)
+    train_epochs: int = 10  # only for built-in zoo models trained on the fly (cached)
     max_iterations: int = 6
     measure_blocks: int = 6
     measure_iters: int = 200

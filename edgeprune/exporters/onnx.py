@@ -64,6 +64,9 @@ def export_onnx(model: nn.Module, input_shape: tuple[int, ...], batch_size: int,
 
 
 def _export_dynamo(model: nn.Module, example: tuple, path: Path) -> None:
+    # The exporter and its optimizer log every pass at INFO; a build's log should say what edgeprune did.
+    for name in ("onnxscript", "onnx_ir", "torch.onnx", "torch.export"):
+        logging.getLogger(name).setLevel(logging.WARNING)
     with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
         warnings.simplefilter("ignore")
         program = torch.onnx.export(model, example, dynamo=True, opset_version=OPSET, input_names=[INPUT_NAME],

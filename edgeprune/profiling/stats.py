@@ -103,3 +103,4 @@ def within_noise(value: float, target: float, stats: LatencyStats, floor: float 
     """True when `value` is so close to `target` that this machine's measured spread could flip the verdict."""
     rel = max(floor, 0.5 * stats.spread)
     return math.isfinite(value) and abs(value - target) <= rel * target
+

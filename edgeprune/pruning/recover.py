@@ -39,7 +39,7 @@ def train(model: nn.Module, data: DataBundle, epochs: int, lr: float = 0.05, bat
     return model
 
 
-def finetune(model: nn.Module, data: DataBundle, epochs: int, seed: int = 0, lr: float = 0.01,
+def finetune(model: nn.Module, data: DataBundle, epochs: int, seed: int = 0, lr: float = 0.03,
              progress: Callable[[int, int, float], None] | None = None) -> nn.Module:
     """A short, lower-rate run of `train` after pruning: every pruned model starts near chance on digits."""
     return train(model, data, epochs, lr=lr, seed=seed, progress=progress)

@@ -1,0 +1,201 @@
+"""The command line: a thin click layer over the library, with rich progress on a terminal."""
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from typing import Any
+
+import click
+
+from . import __version__
+from .errors import EdgepruneError
+
+log = logging.getLogger("edgeprune")
+
+
+class _Group(click.Group):
+    """Turns the library's errors into one line and an exit code; a traceback only with --debug."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except EdgepruneError as exc:
+            if ctx.obj and ctx.obj.get("debug"):
+                raise
+            click.echo(f"edgeprune: error: {exc.message}", err=True)
+            ctx.exit(exc.exit_code)
+        except KeyboardInterrupt:
+            click.echo("edgeprune: interrupted; nothing was written to the output directory", err=True)
+            ctx.exit(130)
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="edgeprune")
+@click.option("--debug", is_flag=True, help="Show tracebacks and debug logs.")
+@click.pass_context
+def main(ctx: click.Context, debug: bool) -> None:
+    """Prune a vision model until its latency, measured on the target runtime, meets a budget."""
+    ctx.obj = {"debug": debug}
+    logging.basicConfig(level=logging.DEBUG if debug else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+
+
+@main.command()
+@click.option("--config", "config_file", type=click.Path(dir_okay=False), help="YAML file of build options; flags override it.")
+@click.option("--model", help="resnet20 | resnet56 | torchvision:NAME | pkg.module:factory | file.py:factory | model.pt")
+@click.option("--weights", type=click.Path(dir_okay=False), help="State dict or checkpoint for --model.")
+@click.option("--input-shape", help="C,H,W of one input, e.g. 3,224,224.")
+@click.option("--data", help="digits | imagefolder:PATH  [default: digits]")
+@click.option("--device", help="A device from `edgeprune devices`, 'jetson', or a device YAML.  [default: cpu]")
+@click.option("--latency-budget", help="Fraction of the unpruned latency ('0.5x') or milliseconds ('2.5ms').  [default: 0.5x]")
+@click.option("--latency-budget-ms", type=float, help="Latency budget in milliseconds.")
+@click.option("--percentile", type=click.Choice(["p50", "p90", "p99", "mean"]), help="Statistic the budget applies to.  [default: p50]")
+@click.option("--batch-size", type=int, help="Batch size of the deployed artifact.  [default: 1]")
+@click.option("--threads", type=int, help="Runtime threads (CPU).  [default: the device's]")
+@click.option("--criterion", help="Filter importance: l1 | l2 | bn-scale | random.  [default: l1]")
+@click.option("--finetune-epochs", type=int, help="Fine-tuning epochs after each prune.  [default: 3]")
+@click.option("--train-epochs", type=int, help="Epochs to train a built-in model (cached).  [default: 10]")
+@click.option("--max-iterations", type=int, help="Cap on pruning attempts.  [default: 6]")
+@click.option("--measure-blocks", type=int, help="Interleaved timing blocks per measurement.  [default: 6]")
+@click.option("--measure-iters", type=int, help="Timed runs per block.  [default: 200]")
+@click.option("--seed", type=int, help="Seed for data split, training and fine-tuning.  [default: 0]")
+@click.option("--out", type=click.Path(file_okay=False), help="Output directory.  [default: out]")
+@click.option("--quiet", "-q", is_flag=True, help="Print nothing but errors.")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON on stdout.")
+def build(config_file: str | None, latency_budget_ms: float | None, quiet: bool, as_json: bool, **flags: Any) -> None:
+    """Prune, export, measure and loop until the latency budget is met; write the artifacts to --out."""
+    from .config import BuildConfig, parse_shape
+    from .errors import BudgetNotMet, ConfigError
+    from .pipeline.loop import build as run_build
+
+    if latency_budget_ms is not None:
+        if flags.get("latency_budget"):
+            raise ConfigError("give either --latency-budget or --latency-budget-ms, not both")
+        flags["latency_budget"] = f"{latency_budget_ms}ms"
+    if flags.get("input_shape"):
+        flags["input_shape"] = parse_shape(flags["input_shape"])
+    given = {k: v for k, v in flags.items() if v is not None}
+    config = BuildConfig.from_yaml(config_file, **given) if config_file else BuildConfig(**given)
+    progress = _progress(quiet or as_json)
+    try:
+        with progress:
+            result = run_build(config, progress=progress)
+    except BudgetNotMet as exc:
+        if as_json:
+            _print_json(exc.result.report)
+        raise
+    if as_json:
+        _print_json(result.report)
+    elif not quiet:
+        f = result.report["final"]
+        click.echo(f"budget met: {f['latency_ms']:.3f} ms {result.report['budget']['percentile']} "
+                   f"(target {f['target_ms']:.3f} ms), {f['speedup']:.2f}x faster, {f['macs_reduction']:.2f}x fewer "
+                   f"MACs, accuracy {_pct(f['accuracy'])} (unpruned {_pct(f['baseline_accuracy'])}) -> {result.out}")
+
+
+@main.command()
+def devices() -> None:
+    """List the target devices edgeprune knows (configs/devices/*.yaml)."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from .profiling.devices import list_devices
+
+    table = Table("device", "runner", "precisions", "memory", "channel multiple", "description")
+    for spec in list_devices().values():
+        table.add_row(spec.name, spec.runner, ",".join(spec.precisions),
+                      f"{spec.memory_mb} MB" if spec.memory_mb else "host", str(spec.channel_multiple), spec.description)
+    Console().print(table)
+
+
+@main.command()
+@click.option("--device", default="cpu", show_default=True, help="Device to check this host against.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def profile(device: str, as_json: bool) -> None:
+    """Report what this host has and whether DEVICE can be measured here."""
+    from .profiling.devices import detect_host, measurable_here, resolve_device
+
+    host = detect_host()
+    spec = resolve_device(device, host)
+    why = measurable_here(spec, host)
+    out = {"device": spec.to_dict(), "host": host.to_dict(), "measurable_here": why is None, "reason": why}
+    if as_json:
+        _print_json(out)
+        return
+    h = host
+    lines = [f"host: {h.hostname} ({h.machine}), {h.cpu_model}, {h.cpu_cores} cores, {h.memory_mb} MB",
+             f"python {h.python}, torch {h.torch}, onnxruntime {h.onnxruntime} ({', '.join(h.ort_providers)})",
+             f"CUDA: {h.cuda or 'none'}{' on ' + h.gpu if h.gpu else ''}; TensorRT: {h.tensorrt or 'not installed'}; "
+             f"trtexec: {h.trtexec or 'not found'}; Jetson: {h.jetson_model or 'no'}",
+             f"device {spec.name}: {spec.description}; runner {spec.runner}, precisions {', '.join(spec.precisions)}, "
+             f"channel multiple {spec.channel_multiple}",
+             f"measurable here: {'yes' if why is None else 'no: ' + why}"]
+    click.echo("\n".join(lines))
+
+
+def _progress(silent: bool):
+    from rich.console import Console
+
+    console = Console(stderr=True)
+    if silent:
+        return _Silent()
+    return _RichProgress(console)
+
+
+class _Silent:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+    def stage(self, name: str, detail: str = "") -> None:
+        pass
+
+    def iteration(self, record: dict[str, Any]) -> None:
+        pass
+
+
+class _RichProgress(_Silent):
+    """A spinner with the current stage on a terminal; plain lines when stderr is not a terminal."""
+
+    def __init__(self, console):
+        self.console = console
+        self.status = console.status("starting") if console.is_terminal else None
+
+    def __enter__(self):
+        if self.status:
+            self.status.start()
+        return self
+
+    def __exit__(self, *exc):
+        if self.status:
+            self.status.stop()
+        return False
+
+    def stage(self, name: str, detail: str = "") -> None:
+        text = f"[bold]{name}[/bold] {detail}"
+        if self.status:
+            self.status.update(text)
+        elif name not in ("train", "recover"):  # per-epoch lines only on a terminal
+            self.console.print(text, highlight=False)
+
+    def iteration(self, record: dict[str, Any]) -> None:
+        mark = "[green]met[/green]" if record.get("budget_met") else "[red]over[/red]"
+        self.console.print(f"iteration {record['index']}: {record['summary'].rsplit(' ', 2)[0]} {mark}"
+                           if record.get("budget_met") is not None else f"iteration {record['index']}: {record['summary']}",
+                           highlight=False)
+
+
+def _print_json(obj: Any) -> None:
+    from .pipeline.artifacts import _default
+
+    sys.stdout.write(json.dumps(obj, indent=2, default=_default) + "\n")
+
+
+def _pct(x: float | None) -> str:
+    return "n/a" if x is None else f"{x:.2f}%"
+
+
+if __name__ == "__main__":
+    main()

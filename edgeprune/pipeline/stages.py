@@ -1,0 +1,169 @@
+"""Stages of a build, each a plain function from typed inputs to a typed result; loop.py only orchestrates."""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..config import BuildConfig
+from ..data import DataBundle, load_data
+from ..errors import ConfigError, ParityError
+from ..exporters.onnx import ExportResult, Parity, check_parity, export_onnx
+from ..models import LoadedModel, load_model
+from ..models.zoo import ZOO
+from ..profiling.devices import DeviceSpec, HostInfo, detect_host, measurable_here, resolve_device
+from ..profiling.runners import Deployed, Runner, get_runner
+from ..pruning.recover import accuracy_torch, finetune, recalibrate_bn, train
+
+log = logging.getLogger(__name__)
+
+TRAIN_RECIPE = "sgd-nesterov-onecycle-lr0.05-bs64-v1"  # part of the cache key: change it when train() changes
+
+
+@dataclass
+class Profile:
+    device: DeviceSpec
+    host: HostInfo
+    runner: Runner
+    threads: int | None
+
+
+def profile_stage(config: BuildConfig) -> Profile:
+    """The target's spec, what this host has, and the runner that will measure; fails if it cannot measure here."""
+    host = detect_host()
+    device = resolve_device(config.device, host)
+    why = measurable_here(device, host)
+    if why:
+        from ..errors import RuntimeUnavailable
+
+        raise RuntimeUnavailable(f"device {device.name} cannot be measured here: {why}")
+    threads = config.threads if config.threads is not None else device.threads
+    runner = get_runner(device.runner, threads=threads, seed=config.seed)
+    return Profile(device, host, runner, threads)
+
+
+@dataclass
+class Prepared:
+    model: LoadedModel
+    data: DataBundle
+    accuracy_available: str | None  # None when accuracy can be measured, else why not
+    training: dict[str, Any] = field(default_factory=dict)
+
+
+def model_stage(config: BuildConfig, progress: Callable[[str], None] | None = None) -> Prepared:
+    """Load the model and the data; train a built-in model on the data (seeded, cached) so accuracy is real."""
+    is_zoo = config.model in ZOO
+    shape = config.input_shape or ((1, 32, 32) if is_zoo and config.data == "digits" else
+                                   (3, 32, 32) if is_zoo else None)
+    data = None
+    if config.data and shape is not None:
+        data = load_data(config.data, shape, seed=config.seed)
+    loaded = load_model(config.model, config.weights, shape, num_classes=data.num_classes if data else None)
+    if data is None:
+        data = load_data(config.data, loaded.input_shape, seed=config.seed)
+    why = None
+    if loaded.num_classes != data.num_classes:
+        why = (f"the model has {loaded.num_classes} outputs but {data.name} has {data.num_classes} classes: "
+               "accuracy and fine-tuning are skipped")
+    prepared = Prepared(loaded, data, why)
+    if is_zoo and not loaded.pretrained:
+        prepared.training = train_cached(loaded, data, config.train_epochs, config.seed, progress)
+    return prepared
+
+
+def train_cached(loaded: LoadedModel, data: DataBundle, epochs: int, seed: int,
+                 progress: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Train once per (model, data, shape, seed, epochs, torch) and keep the weights in the user's cache."""
+    key = {"model": loaded.name, "shape": list(loaded.input_shape), "data": data.name, "seed": seed,
+           "epochs": epochs, "recipe": TRAIN_RECIPE, "torch": torch.__version__.split("+")[0]}
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+    path = cache_dir() / "trained" / f"{loaded.name}-{data.name}-{digest}.pt"
+    if path.is_file():
+        try:
+            loaded.module.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+            loaded.module.eval()
+            return {**key, "cache": str(path), "cached": True}
+        except Exception as exc:  # a corrupt cache entry is retrained, not trusted
+            log.warning("ignoring unreadable cached weights %s (%s)", path, exc)
+    torch.manual_seed(seed)
+    train(loaded.module, data, epochs, seed=seed,
+          progress=(lambda e, n, loss: progress(f"training {loaded.name} on {data.name}: epoch {e}/{n}, "
+                                                f"loss {loss:.3f}")) if progress else None)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+    os.close(fd)
+    torch.save(loaded.module.state_dict(), tmp)
+    os.replace(tmp, path)
+    return {**key, "cache": str(path), "cached": False}
+
+
+def cache_dir() -> Path:
+    if os.environ.get("EDGEPRUNE_CACHE"):
+        return Path(os.environ["EDGEPRUNE_CACHE"])
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "edgeprune"
+
+
+def recover_stage(model: nn.Module, data: DataBundle, epochs: int, seed: int, can_train: bool,
+                  progress: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """BN statistics recalibration, then fine-tuning on the training split."""
+    recalibrate_bn(model, data.calibration_batches())
+    done = {"bn_recalibration": True, "finetune_epochs": 0}
+    if can_train and epochs > 0:
+        finetune(model, data, epochs, seed=seed,
+                 progress=(lambda e, n, loss: progress(f"fine-tuning: epoch {e}/{n}, loss {loss:.3f}"))
+                 if progress else None)
+        done["finetune_epochs"] = epochs
+    return done
+
+
+@dataclass
+class Exported:
+    export: ExportResult
+    parity: Parity
+    deployed: Deployed
+
+
+def export_stage(model: nn.Module, prepared: Prepared, batch_size: int, path: Path, runner: Runner,
+                 parity_samples: int = 64) -> Exported:
+    """Export ONNX, prepare it for the runner, and gate on parity with PyTorch on real validation images."""
+    result = export_onnx(model, prepared.model.input_shape, batch_size, path)
+    deployed = runner.prepare(path, path.parent)
+    x = torch.cat([b for b, _ in prepared.data.loader("val", parity_samples)][:1])[:parity_samples]
+    with torch.no_grad():
+        ref = model.eval()(x).numpy()
+    parity = check_parity(ref, runner.infer(deployed, x.numpy()))
+    if not parity.ok:
+        raise ParityError(f"the exported ONNX differs from PyTorch (max abs error {parity.max_abs:.2e}, "
+                          f"max rel {parity.max_rel:.2e} over {parity.samples} images): the export is wrong; "
+                          "report the model and torch version")
+    return Exported(result, parity, deployed)
+
+
+def accuracy_stage(runner: Runner, deployed: Deployed, data: DataBundle, batch: int = 64) -> float:
+    """Top-1 accuracy (percent) of the deployed artifact itself on the validation split."""
+    correct = n = 0
+    for x, y in data.loader("val", batch):
+        out = runner.infer(deployed, x.numpy())
+        correct += int((np.argmax(out, 1) == y.numpy()).sum())
+        n += len(y)
+    return 100.0 * correct / max(n, 1)
+
+
+def torch_accuracy(model: nn.Module, data: DataBundle) -> float:
+    return accuracy_torch(model, data)
+
+
+def check_budget_sane(config: BuildConfig) -> None:
+    b = config.budget
+    if b is None:
+        raise ConfigError("the latency-sensitive policy needs a budget: --latency-budget 0.5x or "
+                          "--latency-budget-ms 2.0")

@@ -1,0 +1,1 @@
+"""Reports for people (report.md) built from report.json."""

@@ -1,0 +1,80 @@
+"""report.md: what was built, what was measured, and why the loop stopped."""
+from __future__ import annotations
+
+from typing import Any
+
+
+def render_report(r: dict[str, Any]) -> str:
+    f, b = r["final"], r["budget"]
+    base = r["iterations"][0]
+    lines = [
+        f"# edgeprune build: {r['model']['name']} on {r['device']['name']}",
+        "",
+        f"**Budget {'met' if r['budget_met'] else 'NOT met'}** ({b['spec']} on {b['percentile']}: "
+        f"{b['target_ms']:.3f} ms). Stop reason: {r['stop_reason']}.",
+        "",
+        "| | unpruned | shipped | change |",
+        "|---|---:|---:|---:|",
+        f"| {b['percentile']} latency (ms) | {base['latency_ms']:.3f} | {f['latency_ms']:.3f} | "
+        f"{f['speedup']:.2f}x faster (paired) |",
+        f"| MACs | {_m(base['macs'])} | {_m(f['macs'])} | {f['macs_reduction']:.2f}x fewer |",
+        f"| parameters | {_m(base['params'])} | {_m(f['params'])} | {f['params_reduction']:.2f}x fewer |",
+        f"| accuracy (ONNX artifact, val) | {_pct(base['accuracy'])} | {_pct(f['accuracy'])} | "
+        f"{_drop(f['accuracy_drop'])} |",
+        f"| weights (bytes) | {base['memory']['weights_bytes']:,} | {f['memory']['weights_bytes']:,} | |",
+        f"| runtime peak memory (MB) | {_num(base['memory']['peak_mb'])} | {_num(f['memory']['peak_mb'])} | |",
+        "",
+        f"Speed-up per MACs reduction: {f['speedup_per_macs_reduction']:.2f}. "
+        f"Parity of the shipped ONNX with PyTorch: max abs error {f['parity']['max_abs']:.2e} over "
+        f"{f['parity']['samples']} validation images.",
+        "",
+        "## Iterations",
+        "",
+        "| # | ratio | MMACs | params | latency (ms) | vs unpruned | accuracy | budget | note |",
+        "|---:|---:|---:|---:|---:|---:|---:|---|---|",
+    ]
+    for it in r["iterations"]:
+        vs = "1.000" if it["latency_ratio"] is None else (
+            f"{it['latency_ratio']['ratio']:.3f} [{it['latency_ratio']['low']:.3f}, {it['latency_ratio']['high']:.3f}]")
+        met = "-" if it["budget_met"] is None else ("met" if it["budget_met"] else "over")
+        note = ("**shipped** " if it["selected"] else "") + it["step_reason"]
+        if it.get("remeasured"):
+            note += " (re-measured: first verdict was within noise)"
+        lines.append(f"| {it['index']} | {it['ratio']:.3f} | {it['macs'] / 1e6:.2f} | {_m(it['params'])} | "
+                     f"{it['latency_ms']:.3f} | {vs} | {_pct(it['accuracy'])} | {met} | {note} |")
+    lat = r["iterations"][f["index"]]["latency"]
+    lines += [
+        "",
+        "## How it was measured",
+        "",
+        f"- Runner: {r['runner'].get('runner')} {r['runner'].get('onnxruntime', '')}, "
+        f"providers {', '.join(r['runner'].get('providers', []))}, threads {r['runner'].get('threads')}, "
+        f"batch {lat['batch_size']}.",
+        f"- {lat['blocks']} blocks of {lat['n'] // max(lat['blocks'], 1)} timed runs after {lat['warmup']} "
+        "warm-up runs, each attempt interleaved block by block with the unpruned model; latency is the median of "
+        "block medians, and the ratio to the unpruned model the median of per-block ratios (95% bootstrap "
+        "interval in brackets).",
+        f"- Memory: {f['memory']['peak_source']}.",
+        f"- Accuracy: top-1 of the ONNX artifact on {r['data']['val']} held-out {r['data']['name']} images "
+        f"(trained/fine-tuned on {r['data']['train']}).",
+        f"- Host: {r['host']['cpu_model']} ({r['host']['cpu_cores']} cores); versions: "
+        + ", ".join(f"{k} {v}" for k, v in r["versions"].items()) + ".",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def _m(n: float) -> str:
+    return f"{n / 1e6:.2f}M" if n >= 1e6 else f"{n / 1e3:.1f}k"
+
+
+def _pct(x: float | None) -> str:
+    return "n/a" if x is None else f"{x:.2f}%"
+
+
+def _drop(drop: float | None) -> str:
+    return "" if drop is None else f"{-drop:+.2f} points"
+
+
+def _num(x: float | None) -> str:
+    return "n/a" if x is None else f"{x:.1f}"
