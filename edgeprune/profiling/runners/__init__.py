@@ -12,6 +12,9 @@ RUNNERS: dict[str, tuple[str, str, dict[str, Any]]] = {
     "onnxruntime": ("edgeprune.profiling.runners.onnxruntime", "OnnxRuntimeRunner", {}),
     "onnxruntime-cuda": ("edgeprune.profiling.runners.onnxruntime", "OnnxRuntimeRunner",
                          {"providers": ("CUDAExecutionProvider", "CPUExecutionProvider")}),
+    "tensorrt": ("edgeprune.profiling.runners.tensorrt", "TensorRTRunner", {}),
+    "trtexec": ("edgeprune.profiling.runners.trtexec", "TrtexecRunner", {}),
+    "torch-cuda": ("edgeprune.profiling.runners.torch_cuda", "TorchCudaRunner", {}),
 }
 
 
