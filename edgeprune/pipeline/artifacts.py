@@ -27,6 +27,7 @@ class StagedOutput:
         try:
             self.target.parent.mkdir(parents=True, exist_ok=True)
             self.path = Path(tempfile.mkdtemp(prefix=f".{self.target.name}.partial-", dir=self.target.parent))
+            self.path.chmod(0o777 & ~_umask())  # mkdtemp makes it private; the artifacts are not secrets
         except OSError as exc:
             raise ConfigError(f"output directory {self.target} is not writable ({exc.strerror}): "
                               "choose another --out") from None
@@ -70,6 +71,7 @@ def write_json(path: Path, obj: Any) -> None:
     with os.fdopen(fd, "w") as fh:
         json.dump(obj, fh, indent=2, sort_keys=False, default=_default)
         fh.write("\n")
+    os.chmod(tmp, 0o666 & ~_umask())
     os.replace(tmp, path)
 
 
@@ -82,6 +84,12 @@ def verify_manifest(directory: Path) -> list[str]:
         if not p.is_file() or sha256_file(p) != info["sha256"]:
             bad.append(rel)
     return bad
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def _default(obj: Any) -> Any:

@@ -1,0 +1,202 @@
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from edgeprune.errors import ConfigError
+from edgeprune.profiling.devices import (DEVICES_DIR, HostInfo, detect_host, list_devices, load_device_file,
+                                         measurable_here, read_jetson_model, resolve_device)
+
+EXPECTED = {"cpu", "x86-cuda", "jetson-orin-nano", "jetson-orin-nx", "jetson-agx-orin", "jetson-xavier-nx"}
+JETSONS = sorted(d for d in EXPECTED if d.startswith("jetson-"))
+
+
+def fake_host(jetson_model=None, **changes) -> HostInfo:
+    base = dict(hostname="test", machine="aarch64" if jetson_model else "x86_64", cpu_model="test cpu", cpu_cores=2,
+                memory_mb=8192, python="3.x", onnxruntime="1.0", ort_providers=("CPUExecutionProvider",),
+                torch="2.x", cuda=None, gpu=None, tensorrt=None, trtexec=None, jetson_model=jetson_model)
+    return HostInfo(**{**base, **changes})
+
+
+@pytest.fixture(scope="module")
+def host():
+    return detect_host()
+
+
+# -- device files ---------------------------------------------------------------------------------------------
+def test_all_device_files_load():
+    devices = list_devices()
+    assert set(devices) == EXPECTED
+    for name, spec in devices.items():
+        assert (DEVICES_DIR / f"{name}.yaml").is_file()  # the name is the file name
+        assert spec.channel_multiple >= 1
+        assert spec.default_precision in spec.precisions
+        assert spec.kind in ("host", "jetson")
+        assert spec.description
+        assert isinstance(spec.precisions, tuple) and isinstance(spec.providers, tuple)
+        assert spec.to_dict()["name"] == name
+
+
+@pytest.mark.parametrize("name", JETSONS)
+def test_jetson_files(name):
+    spec = list_devices()[name]
+    assert spec.kind == "jetson"
+    assert spec.jetson_model
+    assert spec.memory_mb and spec.memory_mb > 0
+    assert spec.channel_multiple % 8 == 0  # tensor-core friendly
+
+
+def test_jetson_model_strings_are_unambiguous():
+    models = [list_devices()[n].jetson_model.lower() for n in JETSONS]
+    for i, a in enumerate(models):
+        for j, b in enumerate(models):
+            if i != j:
+                assert a not in b, (a, b)  # otherwise detection order would decide between two devices
+
+
+def test_resolve_by_name():
+    for name in EXPECTED:
+        assert resolve_device(name).name == name
+
+
+def test_resolve_by_path(tmp_path):
+    spec = resolve_device(str(DEVICES_DIR / "cpu.yaml"))
+    assert spec == list_devices()["cpu"]
+    custom = tmp_path / "mine.yml"
+    custom.write_text((DEVICES_DIR / "cpu.yaml").read_text().replace("name: cpu", "name: mine")
+                      .replace("channel_multiple: 4", "channel_multiple: 16"))
+    spec = resolve_device(str(custom))
+    assert spec.name == "mine" and spec.channel_multiple == 16
+
+
+def test_unknown_device_lists_known_ones():
+    with pytest.raises(ConfigError) as info:
+        resolve_device("raspberry-pi")
+    msg = info.value.message
+    assert "raspberry-pi" in msg
+    for name in EXPECTED:
+        assert name in msg
+
+
+@pytest.mark.parametrize("text, fragment", [
+    ("name: broken\n", "invalid"),  # required keys missing
+    ("name: x\ndescription: d\nkind: host\nrunner: onnxruntime\nprecisions: [fp32]\ndefault_precision: fp32\n"
+     "channel_multiple: 4\nbogus_key: 1\n", "invalid"),
+    ("name: x\ndescription: d\nkind: host\nrunner: onnxruntime\nprecisions: [fp32]\ndefault_precision: fp32\n"
+     "channel_multiple: 0\n", "channel_multiple"),
+    ("name: [unclosed\n", "invalid"),
+])
+def test_invalid_device_file(tmp_path, text, fragment):
+    p = tmp_path / "bad.yaml"
+    p.write_text(text)
+    with pytest.raises(ConfigError, match=fragment):
+        load_device_file(p)
+
+
+@pytest.mark.xfail(strict=True, reason="load_device_file calls raw.get() before checking that the YAML is a mapping "
+                   "and catches only OSError/YAMLError/TypeError: an empty device file (or a list/scalar) raises "
+                   "AttributeError instead of ConfigError")
+@pytest.mark.parametrize("text", ["", "- cpu\n- gpu\n", "just text\n"])
+def test_device_file_not_a_mapping(tmp_path, text):
+    p = tmp_path / "odd.yaml"
+    p.write_text(text)
+    with pytest.raises(ConfigError):
+        load_device_file(p)
+
+
+def test_missing_device_file(tmp_path):
+    with pytest.raises(ConfigError, match="invalid"):
+        resolve_device(str(tmp_path / "nope.yaml"))
+
+
+def test_list_devices_of_another_directory(tmp_path):
+    (tmp_path / "only.yaml").write_text((DEVICES_DIR / "cpu.yaml").read_text().replace("name: cpu", "name: only"))
+    assert set(list_devices(tmp_path)) == {"only"}
+
+
+# -- 'jetson' ---------------------------------------------------------------------------------------------------
+def test_jetson_on_non_jetson_host():
+    with pytest.raises(ConfigError) as info:
+        resolve_device("jetson", host=fake_host(None))
+    assert "Jetson host" in info.value.message
+    assert "jetson-orin-nano" in info.value.message  # suggests naming a device instead
+
+
+@pytest.mark.parametrize("model, expected", [
+    ("NVIDIA Jetson AGX Orin Developer Kit", "jetson-agx-orin"),
+    ("NVIDIA Jetson Orin Nano Developer Kit", "jetson-orin-nano"),
+    ("NVIDIA Jetson Orin NX Engineering Reference Developer Kit", "jetson-orin-nx"),
+    ("NVIDIA Jetson Xavier NX Developer Kit", "jetson-xavier-nx"),
+    ("nvidia jetson orin nano developer kit super", "jetson-orin-nano"),
+])
+def test_jetson_resolves_from_host_model(model, expected):
+    assert resolve_device("jetson", host=fake_host(model)).name == expected
+
+
+def test_jetson_unknown_model():
+    with pytest.raises(ConfigError, match="Jetson Nano 2GB"):
+        resolve_device("jetson", host=fake_host("NVIDIA Jetson Nano 2GB Developer Kit"))
+
+
+def test_jetson_on_this_host_matches_detection(host):
+    if host.jetson_model:
+        pytest.skip("this host is a Jetson")
+    with pytest.raises(ConfigError):
+        resolve_device("jetson")
+
+
+# -- measurable_here ----------------------------------------------------------------------------------------------
+def test_cpu_measurable_here(host):
+    assert host.onnxruntime and "CPUExecutionProvider" in host.ort_providers
+    assert measurable_here(list_devices()["cpu"], host) is None
+
+
+@pytest.mark.parametrize("name", JETSONS)
+def test_jetson_not_measurable_here(host, name):
+    if host.jetson_model:
+        pytest.skip("this host is a Jetson")
+    why = measurable_here(list_devices()[name], host)
+    assert isinstance(why, str) and why
+    assert "not a Jetson" in why and name in why
+
+
+def test_measurable_on_fake_jetson():
+    nano = list_devices()["jetson-orin-nano"]
+    agx_host = fake_host("NVIDIA Jetson AGX Orin Developer Kit")
+    assert "not a jetson-orin-nano" in measurable_here(nano, agx_host)
+    nano_host = fake_host("NVIDIA Jetson Orin Nano Developer Kit")
+    assert "TensorRT" in measurable_here(nano, nano_host)  # right board, no TensorRT
+    assert measurable_here(nano, dataclasses.replace(nano_host, tensorrt="10.3")) is None
+    assert measurable_here(nano, dataclasses.replace(nano_host, trtexec="/usr/src/tensorrt/bin/trtexec")) is None
+
+
+def test_measurable_onnxruntime_needs_providers():
+    cpu = list_devices()["cpu"]
+    assert measurable_here(cpu, fake_host()) is None
+    assert "not installed" in measurable_here(cpu, fake_host(onnxruntime=None, ort_providers=()))
+    assert "CPUExecutionProvider" in measurable_here(cpu, fake_host(ort_providers=("CUDAExecutionProvider",)))
+
+
+def test_host_detection(host):
+    assert host.cpu_cores >= 1
+    assert host.python and host.torch
+    assert host.to_dict()["hostname"] == host.hostname
+
+
+# -- read_jetson_model ----------------------------------------------------------------------------------------
+def test_read_jetson_model(tmp_path):
+    p = tmp_path / "model"
+    p.write_bytes(b"NVIDIA Jetson Orin Nano Developer Kit\x00")
+    assert read_jetson_model(p) == "NVIDIA Jetson Orin Nano Developer Kit"
+    assert resolve_device("jetson", host=fake_host(read_jetson_model(p))).name == "jetson-orin-nano"
+
+
+def test_read_jetson_model_other_board(tmp_path):
+    p = tmp_path / "model"
+    p.write_bytes(b"Raspberry Pi 4 Model B Rev 1.4\x00")
+    assert read_jetson_model(p) is None
+
+
+def test_read_jetson_model_missing(tmp_path):
+    assert read_jetson_model(tmp_path / "absent") is None
