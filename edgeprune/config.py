@@ -70,20 +70,31 @@ class BuildConfig:
     extra: dict[str, Any] = field(default_factory=dict, compare=False)
 
     def __post_init__(self) -> None:
+        from .pruning.importance import CRITERIA
+
         if self.latency_budget is not None:
             parse_budget(self.latency_budget)
         if self.percentile not in PERCENTILES:
             raise ConfigError(f"percentile {self.percentile!r} is unknown: use one of {', '.join(PERCENTILES)}")
-        for name in ("batch_size", "max_iterations", "measure_blocks", "measure_iters"):
-            if int(getattr(self, name)) < 1:
-                raise ConfigError(f"{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
-        for name in ("finetune_epochs", "train_epochs"):
-            if int(getattr(self, name)) < 0:
-                raise ConfigError(f"{name.replace('_', '-')} must be zero or more, got {getattr(self, name)}")
-        if self.threads is not None and int(self.threads) < 1:
-            raise ConfigError(f"threads must be at least 1, got {self.threads}")
+        if self.criterion not in CRITERIA:
+            raise ConfigError(f"criterion {self.criterion!r} is unknown: use one of {', '.join(CRITERIA)}")
+        minimum = {"batch_size": 1, "max_iterations": 1, "measure_blocks": 1, "measure_iters": 1,
+                   "finetune_epochs": 0, "train_epochs": 0, "seed": 0}
+        for name, low in minimum.items():
+            value = _as_int(name, getattr(self, name))
+            if value < low:
+                raise ConfigError(f"{name.replace('_', '-')} must be at least {low}, got {value}")
+            object.__setattr__(self, name, value)
+        if self.threads is not None:
+            threads = _as_int("threads", self.threads)
+            if threads < 1:
+                raise ConfigError(f"threads must be at least 1, got {threads}")
+            object.__setattr__(self, "threads", threads)
         if self.input_shape is not None:
-            shape = tuple(int(s) for s in self.input_shape)
+            try:
+                shape = tuple(int(s) for s in self.input_shape)
+            except (TypeError, ValueError):
+                shape = ()
             if len(shape) != 3 or min(shape) < 1:
                 raise ConfigError(f"input shape {self.input_shape} must be C,H,W with positive sizes, e.g. 3,224,224")
             object.__setattr__(self, "input_shape", shape)
@@ -125,6 +136,15 @@ class BuildConfig:
         if isinstance(clean.get("input_shape"), str):
             clean["input_shape"] = parse_shape(clean["input_shape"])
         return cls(**clean)
+
+
+def _as_int(name: str, value: Any) -> int:
+    try:
+        if isinstance(value, bool) or float(value) != int(float(value)):
+            raise ValueError
+        return int(float(value))
+    except (TypeError, ValueError):
+        raise ConfigError(f"{name.replace('_', '-')} must be a whole number, got {value!r}") from None
 
 
 def parse_shape(text: str) -> tuple[int, ...]:

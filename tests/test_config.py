@@ -108,9 +108,6 @@ def test_input_shape_normalized_to_int_tuple():
     assert all(type(s) is int for s in cfg.input_shape)
 
 
-@pytest.mark.xfail(strict=True, reason="BuildConfig validation calls int() on numeric options without catching "
-                   "ValueError/TypeError, so a non-numeric value (e.g. batch_size: abc in YAML) raises a raw "
-                   "ValueError instead of a ConfigError")
 @pytest.mark.parametrize("changes", [{"batch_size": "abc"}, {"threads": "two"}, {"input_shape": ("a", 1, 1)}])
 def test_non_numeric_values_raise_config_error(changes):
     with pytest.raises(ConfigError):

@@ -94,9 +94,6 @@ def test_invalid_device_file(tmp_path, text, fragment):
         load_device_file(p)
 
 
-@pytest.mark.xfail(strict=True, reason="load_device_file calls raw.get() before checking that the YAML is a mapping "
-                   "and catches only OSError/YAMLError/TypeError: an empty device file (or a list/scalar) raises "
-                   "AttributeError instead of ConfigError")
 @pytest.mark.parametrize("text", ["", "- cpu\n- gpu\n", "just text\n"])
 def test_device_file_not_a_mapping(tmp_path, text):
     p = tmp_path / "odd.yaml"

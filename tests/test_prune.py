@@ -59,16 +59,11 @@ def test_round_width_avoids_round_to_trap():
     assert round_width(16, 0.99, 8) == 8  # floor at one multiple, never 0
 
 
-@pytest.mark.xfail(strict=True, reason="round_width(c, 0.0, m) prunes a width that is not a multiple of m when "
-                   "rounding goes down (10 -> 8, 9 -> 8 at m=4) but keeps it when rounding goes up (30 stays 30 at "
-                   "m=8): ratio 0 is not 'no pruning' and the result is inconsistently snapped")
 @pytest.mark.parametrize("channels, multiple", [(10, 4), (9, 4), (100, 8)])
 def test_round_width_ratio_zero_keeps_everything(channels, multiple):
     assert round_width(channels, 0.0, multiple) == channels
 
 
-@pytest.mark.xfail(strict=True, reason="follows from round_width: prune_model(ratio=0.0, multiple=4) prunes a "
-                   "10-channel conv to 8, so ratio 0 is not the unpruned model for widths that are not multiples")
 def test_prune_ratio_zero_keeps_odd_widths():
     model = nn.Sequential(nn.Conv2d(3, 10, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
                           nn.Linear(10, 2)).eval()
@@ -175,9 +170,6 @@ def test_original_untouched(resnet20):
     assert resnet20.conv1.out_channels == 16
 
 
-@pytest.mark.xfail(strict=True, reason="prunable_widths runs the caller's model directly (no copy): on a model in "
-                   "training mode the probing forward updates BatchNorm running stats, and torch-pruning's "
-                   "build_dependency leaves the model switched to eval()")
 def test_prunable_widths_leaves_model_untouched(resnet20):
     resnet20.train()
     state = _state(resnet20)

@@ -108,7 +108,8 @@ class Parity:
 
 
 def check_parity(torch_out: np.ndarray, onnx_out: np.ndarray, atol: float = 1e-3, rtol: float = 1e-3) -> Parity:
-    """Compare outputs elementwise (|a-b| <= atol + rtol*|a|, as numpy.allclose) on the same real inputs."""
+    """Compare outputs elementwise, |onnx - torch| <= atol + rtol*|torch| (tolerance scaled by the PyTorch
+    reference), on the same real inputs."""
     a, b = np.asarray(torch_out, np.float64), np.asarray(onnx_out, np.float64)
     if a.shape != b.shape:
         raise ParityError(f"ONNX output shape {list(b.shape)} differs from PyTorch's {list(a.shape)}")

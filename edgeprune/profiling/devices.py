@@ -51,6 +51,8 @@ def list_devices(directory: Path = DEVICES_DIR) -> dict[str, DeviceSpec]:
 def load_device_file(path: Path) -> DeviceSpec:
     try:
         raw = yaml.safe_load(Path(path).read_text())
+        if not isinstance(raw, dict):
+            raise TypeError("it must hold a mapping of key: value")
         for key in ("precisions", "providers", "fallback_runners"):
             raw[key] = tuple(raw.get(key) or ())
         spec = DeviceSpec(**raw)

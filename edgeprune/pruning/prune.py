@@ -37,7 +37,7 @@ class PruneResult:
 
 def round_width(channels: int, ratio: float, multiple: int) -> int:
     """Kept channels after removing `ratio` of `channels`, at the nearest multiple of `multiple`, never zero."""
-    if channels <= multiple:
+    if channels <= multiple or ratio <= 0.0:
         return channels
     kept = round(channels * (1.0 - ratio) / multiple) * multiple
     return int(min(channels, max(multiple, kept)))
@@ -45,7 +45,7 @@ def round_width(channels: int, ratio: float, multiple: int) -> int:
 
 def prunable_widths(model: nn.Module, example: torch.Tensor) -> dict[str, int]:
     """Output width of every root layer the pruner may shrink (the classifier output excluded)."""
-    graph, ignored = _graph(model, example)
+    graph, ignored = _graph(copy.deepcopy(model).eval(), example)  # tracing must not touch the caller's model
     out = {}
     for group in graph.get_all_groups(ignored_layers=ignored, root_module_types=PRUNABLE):
         root = group[0].dep.target.module
