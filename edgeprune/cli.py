@@ -53,7 +53,7 @@ def main(ctx: click.Context, debug: bool) -> None:
 @click.option("--batch-size", type=int, help="Batch size of the deployed artifact.  [default: 1]")
 @click.option("--threads", type=int, help="Runtime threads (CPU).  [default: the device's]")
 @click.option("--criterion", help="Filter importance: l1 | l2 | bn-scale | random.  [default: l1]")
-@click.option("--finetune-epochs", type=int, help="Fine-tuning epochs after each prune.  [default: 3]")
+@click.option("--finetune-epochs", type=int, help="Fine-tuning epochs after each prune.  [default: 5]")
 @click.option("--train-epochs", type=int, help="Epochs to train a built-in model (cached).  [default: 10]")
 @click.option("--max-iterations", type=int, help="Cap on pruning attempts.  [default: 6]")
 @click.option("--measure-blocks", type=int, help="Interleaved timing blocks per measurement.  [default: 6]")
@@ -87,10 +87,7 @@ def build(config_file: str | None, latency_budget_ms: float | None, quiet: bool,
     if as_json:
         _print_json(result.report)
     elif not quiet:
-        f = result.report["final"]
-        click.echo(f"budget met: {f['latency_ms']:.3f} ms {result.report['budget']['percentile']} "
-                   f"(target {f['target_ms']:.3f} ms), {f['speedup']:.2f}x faster, {f['macs_reduction']:.2f}x fewer "
-                   f"MACs, accuracy {_pct(f['accuracy'])} (unpruned {_pct(f['baseline_accuracy'])}) -> {result.out}")
+        click.echo(summary_line(result.report) + f" -> {result.out}")
 
 
 @main.command()
@@ -185,6 +182,18 @@ class _RichProgress(_Silent):
         self.console.print(f"iteration {record['index']}: {record['summary'].rsplit(' ', 2)[0]} {mark}"
                            if record.get("budget_met") is not None else f"iteration {record['index']}: {record['summary']}",
                            highlight=False)
+
+
+def summary_line(report: dict[str, Any]) -> str:
+    f, b = report["final"], report["budget"]
+    if b["kind"] == "relative":
+        where = (f"{f['latency_ratio']:.3f}x of the unpruned latency (budget {b['spec']}; {b['percentile']} "
+                 f"{f['latency_ms']:.3f} ms vs {f['baseline_latency_ms']:.3f} ms, measured side by side)")
+    else:
+        where = f"{b['percentile']} {f['latency_ms']:.3f} ms (budget {f['target_ms']:.3f} ms)"
+    return (f"budget {'met' if report['budget_met'] else 'NOT met'}: {where}, {f['speedup']:.2f}x faster, "
+            f"{f['macs_reduction']:.2f}x fewer MACs, accuracy {_pct(f['accuracy'])} "
+            f"(unpruned {_pct(f['baseline_accuracy'])})")
 
 
 def _print_json(obj: Any) -> None:

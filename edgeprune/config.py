@@ -59,7 +59,7 @@ class BuildConfig:
     batch_size: int = 1
     threads: int | None = None  # None: the device spec's default
     criterion: str = "l1"
-    finetune_epochs: int = 3
+    finetune_epochs: int = 5
     train_epochs: int = 10  # only for built-in zoo models trained on the fly (cached)
     max_iterations: int = 6
     measure_blocks: int = 6

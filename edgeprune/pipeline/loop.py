@@ -228,7 +228,9 @@ class _Build:
         final = {
             "index": final_idx, "budget_met": budget_met, "ratio": fin["ratio"], "params": fin["params"],
             "macs": fin["macs"], "latency_ms": fin["latency_ms"], "percentile": cfg.percentile,
-            "target_ms": self.target_ms, "speedup": speedup, "macs_reduction": macs_reduction,
+            "baseline_latency_ms": (fin["baseline_latency_paired"] or fin["latency"])[cfg.percentile],
+            "latency_ratio": 1.0 / speedup, "target_ms": self.target_ms, "target_ratio": self.target_ratio,
+            "speedup": speedup, "macs_reduction": macs_reduction,
             "params_reduction": base["params"] / fin["params"], "speedup_per_macs_reduction": speedup / macs_reduction,
             "accuracy": fin["accuracy"], "baseline_accuracy": base["accuracy"],
             "accuracy_drop": None if fin["accuracy"] is None else base["accuracy"] - fin["accuracy"],

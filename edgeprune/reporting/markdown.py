@@ -10,13 +10,14 @@ def render_report(r: dict[str, Any]) -> str:
     lines = [
         f"# edgeprune build: {r['model']['name']} on {r['device']['name']}",
         "",
-        f"**Budget {'met' if r['budget_met'] else 'NOT met'}** ({b['spec']} on {b['percentile']}: "
-        f"{b['target_ms']:.3f} ms). Stop reason: {r['stop_reason']}.",
+        f"**Budget {'met' if r['budget_met'] else 'NOT met'}** ({b['spec']} on {b['percentile']}"
+        + (f", {b['target_ms']:.3f} ms" if b["kind"] == "absolute" else ", relative to the unpruned model measured "
+           "side by side") + f"). Stop reason: {r['stop_reason']}.",
         "",
         "| | unpruned | shipped | change |",
         "|---|---:|---:|---:|",
-        f"| {b['percentile']} latency (ms) | {base['latency_ms']:.3f} | {f['latency_ms']:.3f} | "
-        f"{f['speedup']:.2f}x faster (paired) |",
+        f"| {b['percentile']} latency (ms), measured side by side | {f['baseline_latency_ms']:.3f} | "
+        f"{f['latency_ms']:.3f} | {f['speedup']:.2f}x faster |",
         f"| MACs | {_m(base['macs'])} | {_m(f['macs'])} | {f['macs_reduction']:.2f}x fewer |",
         f"| parameters | {_m(base['params'])} | {_m(f['params'])} | {f['params_reduction']:.2f}x fewer |",
         f"| accuracy (ONNX artifact, val) | {_pct(base['accuracy'])} | {_pct(f['accuracy'])} | "
