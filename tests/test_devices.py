@@ -197,3 +197,22 @@ def test_read_jetson_model_other_board(tmp_path):
 
 def test_read_jetson_model_missing(tmp_path):
     assert read_jetson_model(tmp_path / "absent") is None
+
+
+@pytest.mark.parametrize("flags, expected", [
+    ("fpu sse2 avx avx2 avx512f avx512bw", 16),
+    ("fpu sse2 avx avx2 fma", 8),
+    ("fpu sse2", 8),
+])
+def test_host_channel_multiple_follows_simd_width(flags, expected):
+    from edgeprune.profiling.devices import host_channel_multiple
+
+    multiple, why = host_channel_multiple(f"processor\t: 0\nflags\t\t: {flags}\n")
+    assert multiple == expected
+    assert why
+
+
+def test_cpu_device_resolves_auto_multiple_to_a_number():
+    spec = list_devices()["cpu"]
+    assert isinstance(spec.channel_multiple, int) and spec.channel_multiple in (8, 16)
+    assert f"channel multiple {spec.channel_multiple}" in spec.description
