@@ -31,10 +31,14 @@ class DataBundle:
 
     def calibration_batches(self, n: int = 256, batch_size: int = 64) -> list[torch.Tensor]:
         """The first n training images (deterministic): BN recalibration, parity checks, INT8 calibration."""
+        return [x for x, _ in self.labeled_batches(n, batch_size)]
+
+    def labeled_batches(self, n: int = 256, batch_size: int = 64) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """The first n training images with their labels: data-driven importance (activation, taylor)."""
         out, seen = [], 0
-        for x, _ in self.loader("train", batch_size):
-            out.append(x[: n - seen])
-            seen += len(out[-1])
+        for x, y in self.loader("train", batch_size):
+            out.append((x[: n - seen], y[: n - seen]))
+            seen += len(out[-1][0])
             if seen >= n:
                 break
         return out

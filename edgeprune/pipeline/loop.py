@@ -136,7 +136,7 @@ class _Build:
         cfg = self.config
         self.progress.stage("prune", f"iteration {index}: ratio {step.ratio:.3f} ({step.reason})")
         pruned = prune_model(self.prep.model.module, self.example, step.ratio, self.prof.device.channel_multiple,
-                             cfg.criterion)
+                             cfg.criterion, batches=self.prep.data.labeled_batches())
         model = pruned.model
         recovery = stages.recover_stage(model, self.prep.data, cfg.finetune_epochs, cfg.seed + index,
                                         self.prep.accuracy_available is None,

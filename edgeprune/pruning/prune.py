@@ -9,12 +9,12 @@ from __future__ import annotations
 import copy
 import logging
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, Sequence
 
 import torch
 from torch import nn
 
-from ..errors import ModelLoadError
+from ..errors import ConfigError, ModelLoadError
 from .importance import make_importance
 
 log = logging.getLogger(__name__)
@@ -54,15 +54,22 @@ def prunable_widths(model: nn.Module, example: torch.Tensor) -> dict[str, int]:
 
 
 def prune_model(model: nn.Module, example: torch.Tensor, ratio: float = 0.0, multiple: int = 1,
-                criterion: str | Callable = "l1", widths: dict[str, int] | None = None) -> PruneResult:
+                criterion: str | Callable = "l1", widths: dict[str, int] | None = None,
+                batches: Sequence[tuple[torch.Tensor, torch.Tensor]] | None = None) -> PruneResult:
     """A pruned copy of `model`: each group of coupled channels cut to its target width by lowest importance.
 
     `ratio` applies to every group; `widths` (root layer name -> kept channels) overrides it per layer.
+    `batches` (images, labels) feed the data-driven criteria (activation, taylor).
     """
     if not 0.0 <= ratio < 1.0:
         raise ValueError(f"pruning ratio must be in [0, 1), got {ratio}")
     model = copy.deepcopy(model).eval()
     importance = make_importance(criterion) if isinstance(criterion, str) else criterion
+    if hasattr(importance, "prepare"):
+        if not batches:
+            name = criterion if isinstance(criterion, str) else type(criterion).__name__
+            raise ConfigError(f"criterion {name} needs calibration data: give --data")
+        importance.prepare(model, batches)
     graph, ignored = _graph(model, example)
     before, after = {}, {}
     for group in graph.get_all_groups(ignored_layers=ignored, root_module_types=PRUNABLE):
