@@ -204,7 +204,8 @@ def test_macs_decrease_monotonically(base, multiple):
 
 @pytest.mark.parametrize("criterion", CRITERIA)
 def test_every_criterion_prunes(base, criterion):
-    res = prune_model(base, EXAMPLE, 0.5, 4, criterion=criterion)
+    batches = [(torch.randn(4, *SHAPE), torch.randint(0, 10, (4,)))]
+    res = prune_model(base, EXAMPLE, 0.5, 4, criterion=criterion, batches=batches)
     assert res.widths_after == prune_model(base, EXAMPLE, 0.5, 4).widths_after
     _check_resnet_consistent(res.model)
     with torch.no_grad():
