@@ -52,7 +52,7 @@ def main(ctx: click.Context, debug: bool) -> None:
 @click.option("--percentile", type=click.Choice(["p50", "p90", "p99", "mean"]), help="Statistic the budget applies to.  [default: p50]")
 @click.option("--batch-size", type=int, help="Batch size of the deployed artifact.  [default: 1]")
 @click.option("--threads", type=int, help="Runtime threads (CPU).  [default: the device's]")
-@click.option("--criterion", help="Filter importance: l1 | l2 | bn-scale | random.  [default: l1]")
+@click.option("--criterion", help="Filter importance: l1 | l2 | bn-scale | activation | taylor | random.  [default: l1]")
 @click.option("--finetune-epochs", type=int, help="Fine-tuning epochs after each prune.  [default: 5]")
 @click.option("--train-epochs", type=int, help="Epochs to train a built-in model (cached).  [default: 10]")
 @click.option("--max-iterations", type=int, help="Cap on pruning attempts.  [default: 6]")
@@ -204,6 +204,14 @@ def _print_json(obj: Any) -> None:
 
 def _pct(x: float | None) -> str:
     return "n/a" if x is None else f"{x:.2f}%"
+
+
+# Commands kept in their own modules (edgeprune/commands/).
+from .commands.check import check as _check_cmd  # noqa: E402
+from .commands.report import report as _report_cmd  # noqa: E402
+
+main.add_command(_check_cmd)
+main.add_command(_report_cmd)
 
 
 if __name__ == "__main__":
