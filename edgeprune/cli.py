@@ -98,11 +98,17 @@ def devices() -> None:
 
     from .profiling.devices import list_devices
 
-    table = Table("device", "runner", "precisions", "memory", "channel multiple", "description")
-    for spec in list_devices().values():
-        table.add_row(spec.name, spec.runner, ",".join(spec.precisions),
-                      f"{spec.memory_mb} MB" if spec.memory_mb else "host", str(spec.channel_multiple), spec.description)
-    Console().print(table)
+    console = Console()
+    rows = [(spec.name, spec.runner, ",".join(spec.precisions), f"{spec.memory_mb} MB" if spec.memory_mb else "host",
+             str(spec.channel_multiple), spec.description) for spec in list_devices().values()]
+    header = ("device", "runner", "precisions", "memory", "channel multiple", "description")
+    if not console.is_terminal:  # piped: whole names, one device a line, for grep and scripts
+        click.echo("\n".join("\t".join(row) for row in [header, *rows]))
+        return
+    table = Table(*header)
+    for row in rows:
+        table.add_row(*row)
+    console.print(table)
 
 
 @main.command()

@@ -93,3 +93,13 @@ def tiny_factory():
 def resnet20_factory():
     """make_resnet20(seed): a fresh resnet20 at (1, 16, 16) with random BN statistics per call."""
     return make_resnet20
+
+
+@pytest.fixture(scope="session")
+def edgeprune_cache(tmp_path_factory):
+    """EDGEPRUNE_CACHE pointed at a per-session directory, so builds never touch the user's cache (trained
+    weights are still shared between the builds of one session)."""
+    path = tmp_path_factory.mktemp("edgeprune-cache")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("EDGEPRUNE_CACHE", str(path))
+        yield path

@@ -53,7 +53,13 @@ class LatencySensitivePolicy:
         if self.target >= 1.0:
             return Stop("the unpruned model already meets the budget", True)
         r = 1.0 - (self.aim * self.target) ** (1.0 / self.initial_k)
-        return Step(min(r, self.max_ratio), f"first guess from latency ~ width^{self.initial_k:g}")
+        step = None
+        if r < self.max_ratio:
+            step = self._unseen(r, 0.0, self.max_ratio, {self.signature(0.0)},
+                                f"first guess from latency ~ width^{self.initial_k:g}")
+        if step is None and self.signature(self.max_ratio) != self.signature(0.0):
+            step = Step(self.max_ratio, "deepest pruning the model allows")
+        return step or Stop("no layer can be pruned at this channel multiple", False)
 
     def next_step(self, history: Sequence[Attempt]) -> Step | Stop:
         last = history[-1]
@@ -66,8 +72,8 @@ class LatencySensitivePolicy:
                         bool(met))
         over = [a for a in history if not a.met]
         if over and max(over, key=lambda a: a.ratio).deepest:
-            return Stop("budget unreachable: even the deepest pruning the model allows is over budget", False)
-        seen = {a.signature for a in history}
+            return Stop("budget unreachable: even the deepest pruning the model allows is over budget", bool(met))
+        seen = {a.signature for a in history} | {self.signature(0.0)}  # the unpruned model is no attempt
         lo = max(over, key=lambda a: a.ratio) if over else None
         hi = min(met, key=lambda a: a.ratio) if met else None
         goal = self.aim * self.target

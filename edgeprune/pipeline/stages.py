@@ -67,6 +67,7 @@ def model_stage(config: BuildConfig, progress: Callable[[str], None] | None = No
     data = None
     if config.data and shape is not None:
         data = load_data(config.data, shape, seed=config.seed)
+    torch.manual_seed(config.seed)  # a built-in model's initial weights, so a cold-cache build is reproducible
     loaded = load_model(config.model, config.weights, shape, num_classes=data.num_classes if data else None)
     if data is None:
         data = load_data(config.data, loaded.input_shape, seed=config.seed)
