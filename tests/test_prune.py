@@ -8,7 +8,7 @@ from edgeprune.errors import ConfigError
 from edgeprune.models.zoo import BasicBlock
 from edgeprune.profiling.cost import model_cost
 from edgeprune.pruning.importance import CRITERIA
-from edgeprune.pruning.prune import prunable_widths, prune_model, round_width
+from edgeprune.pruning.prune import DEEPEST_RATIO, prunable_widths, prune_model, round_width
 
 SHAPE = (1, 16, 16)
 EXAMPLE = torch.zeros(1, *SHAPE)
@@ -38,12 +38,14 @@ def test_round_width_properties(multiple):
             kept = round_width(channels, ratio, multiple)
             assert isinstance(kept, int)
             assert 1 <= kept <= channels  # never zero, never above the original
-            if channels <= multiple:
+            # half a multiple (m >= 8) only at the deepest ratio: narrower than one SIMD block, the last resort
+            floor = multiple // 2 if multiple >= 8 else multiple
+            if channels <= floor or (channels <= multiple and ratio < DEEPEST_RATIO):
                 assert kept == channels  # nothing to round to: left whole
                 continue
-            # a multiple of `multiple`, unless clamped to the original width
-            assert kept % multiple == 0 or kept == channels
-            assert kept >= multiple
+            # a multiple of `multiple`, unless clamped to the original width or at the floor
+            assert kept % multiple == 0 or kept in (channels, floor)
+            assert kept >= floor
             exact = channels * (1 - ratio)
             if multiple < kept < channels:  # not clamped: the nearest multiple
                 assert abs(kept - exact) <= multiple / 2 + 1e-9
@@ -56,7 +58,9 @@ def test_round_width_avoids_round_to_trap():
     # torch-pruning's round_to floors: a 16-channel layer at 10% goes to 8 with multiple 8. Here it stays 16.
     assert round_width(16, 0.1, 8) == 16
     assert round_width(64, 0.1, 8) == 56
-    assert round_width(16, 0.99, 8) == 8  # floor at one multiple, never 0
+    assert round_width(16, 0.9, 8) == 8  # one multiple at ordinary ratios, never 0
+    assert round_width(16, 0.99, 8) == 4  # half a multiple only at the deepest ratio
+    assert round_width(16, 0.99, 4) == 4  # below 8 the floor is the multiple itself
 
 
 @pytest.mark.parametrize("channels, multiple", [(10, 4), (9, 4), (100, 8)])

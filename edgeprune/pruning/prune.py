@@ -35,12 +35,26 @@ class PruneResult:
         return sum(self.widths_after[k] != v for k, v in self.widths_before.items())
 
 
+DEEPEST_RATIO = 0.98  # the policies' deepest step: every layer at its narrowest allowed width
+
+
 def round_width(channels: int, ratio: float, multiple: int) -> int:
-    """Kept channels after removing `ratio` of `channels`, at the nearest multiple of `multiple`, never zero."""
-    if channels <= multiple or ratio <= 0.0:
+    """Kept channels after removing `ratio` of `channels`: the nearest multiple of `multiple` (ties keep more),
+    never zero. At the deepest ratio only, the narrowest width is half a multiple when the multiple is 8 or more:
+    a layer narrower than one SIMD block is not padded up to it (measured here on AVX-512, multiple 16: ResNet-56
+    with 8 channels in its first stage ran 13-21% faster than with 16), so it is the last resort when one
+    multiple everywhere is still over budget. At ordinary ratios it is not used: a 16-channel layer would halve
+    at ratio 0.25 and MACs would fall much faster than latency."""
+    floor = multiple // 2 if multiple >= 8 else multiple
+    if ratio <= 0.0 or channels <= floor:
         return channels
-    kept = round(channels * (1.0 - ratio) / multiple) * multiple
-    return int(min(channels, max(multiple, kept)))
+    if ratio >= DEEPEST_RATIO:
+        return floor
+    if channels <= multiple:
+        return channels
+    target = channels * (1.0 - ratio)
+    candidates = {c for c in range(multiple, channels + 1, multiple)} | {channels}
+    return int(min(candidates, key=lambda c: (abs(c - target), -c)))
 
 
 def prunable_widths(model: nn.Module, example: torch.Tensor) -> dict[str, int]:
