@@ -47,12 +47,21 @@ def main(ctx: click.Context, debug: bool) -> None:
 @click.option("--input-shape", help="C,H,W of one input, e.g. 3,224,224.")
 @click.option("--data", help="digits | imagefolder:PATH  [default: digits]")
 @click.option("--device", help="A device from `edgeprune devices`, 'jetson', or a device YAML.  [default: cpu]")
+@click.option("--policy", type=click.Choice(["auto", "latency-sensitive", "accuracy-critical", "memory-constrained"]),
+              help="What to optimise; auto picks from the budgets given (none: latency-sensitive at 0.5x).  [default: auto]")
+@click.option("--max-accuracy-drop", type=float, help="Accuracy tolerance in points against the unpruned artifact (accuracy-critical default 0.5).")
+@click.option("--memory-budget-mb", type=float, help="Memory budget of the deployed artifact in MB.")
+@click.option("--memory-metric", type=click.Choice(["weights", "peak"]), help="What the memory budget counts: ONNX weights or the runtime's measured peak.  [default: weights]")
 @click.option("--latency-budget", help="Fraction of the unpruned latency ('0.5x') or milliseconds ('2.5ms').  [default: 0.5x]")
 @click.option("--latency-budget-ms", type=float, help="Latency budget in milliseconds.")
 @click.option("--percentile", type=click.Choice(["p50", "p90", "p99", "mean"]), help="Statistic the budget applies to.  [default: p50]")
 @click.option("--batch-size", type=int, help="Batch size of the deployed artifact.  [default: 1]")
 @click.option("--threads", type=int, help="Runtime threads (CPU).  [default: the device's]")
 @click.option("--criterion", help="Filter importance: l1 | l2 | bn-scale | activation | taylor | random.  [default: l1]")
+@click.option("--allocation", type=click.Choice(["uniform", "global", "sensitivity"]), help="Per-layer pruning allocation.  [default: uniform]")
+@click.option("--channel-multiple", type=int, help="Round kept widths to this multiple.  [default: the device's]")
+@click.option("--distill/--no-distill", default=None, help="Distil from the unpruned model while fine-tuning.  [default: no]")
+@click.option("--bn-recalibration/--no-bn-recalibration", default=None, help="Recalibrate BatchNorm statistics after pruning.  [default: yes]")
 @click.option("--finetune-epochs", type=int, help="Fine-tuning epochs after each prune.  [default: 5]")
 @click.option("--train-epochs", type=int, help="Epochs to train a built-in model (cached).  [default: 10]")
 @click.option("--max-iterations", type=int, help="Cap on pruning attempts.  [default: 6]")
@@ -63,7 +72,7 @@ def main(ctx: click.Context, debug: bool) -> None:
 @click.option("--quiet", "-q", is_flag=True, help="Print nothing but errors.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON on stdout.")
 def build(config_file: str | None, latency_budget_ms: float | None, quiet: bool, as_json: bool, **flags: Any) -> None:
-    """Prune, export, measure and loop until the latency budget is met; write the artifacts to --out."""
+    """Prune, export, measure and loop until the budgets are met; write the artifacts to --out."""
     from .config import BuildConfig, parse_shape
     from .errors import BudgetNotMet, ConfigError
     from .pipeline.loop import build as run_build
@@ -192,12 +201,19 @@ class _RichProgress(_Silent):
 
 def summary_line(report: dict[str, Any]) -> str:
     f, b = report["final"], report["budget"]
-    if b["kind"] == "relative":
+    if b is None:
+        where = (f"{f['latency_ratio']:.3f}x of the unpruned latency ({f['percentile']} {f['latency_ms']:.3f} ms "
+                 f"vs {f['baseline_latency_ms']:.3f} ms, side by side)")
+    elif b["kind"] == "relative":
         where = (f"{f['latency_ratio']:.3f}x of the unpruned latency (budget {b['spec']}; {b['percentile']} "
                  f"{f['latency_ms']:.3f} ms vs {f['baseline_latency_ms']:.3f} ms, measured side by side)")
     else:
         where = f"{b['percentile']} {f['latency_ms']:.3f} ms (budget {f['target_ms']:.3f} ms)"
-    return (f"budget {'met' if report['budget_met'] else 'NOT met'}: {where}, {f['speedup']:.2f}x faster, "
+    memory = report.get("constraints", {}).get("memory")
+    if memory:
+        where += f", {memory['final_mb']:.3f} MB {memory['metric']} (budget {memory['budget_mb']:g} MB)"
+    return (f"budget {'met' if report['budget_met'] else 'NOT met'} ({report.get('policy')}): {where}, "
+            f"{f['speedup']:.2f}x faster, "
             f"{f['macs_reduction']:.2f}x fewer MACs, accuracy {_pct(f['accuracy'])} "
             f"(unpruned {_pct(f['baseline_accuracy'])})")
 

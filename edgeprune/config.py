@@ -12,6 +12,10 @@ import yaml
 from .errors import ConfigError
 
 PERCENTILES = ("p50", "p90", "p99", "mean")
+POLICIES = ("auto", "latency-sensitive", "accuracy-critical", "memory-constrained")
+MEMORY_METRICS = ("weights", "peak")
+DEFAULT_LATENCY_BUDGET = "0.5x"
+DEFAULT_MAX_ACCURACY_DROP = 0.5
 
 
 @dataclass(frozen=True)
@@ -54,12 +58,20 @@ class BuildConfig:
     input_shape: tuple[int, ...] | None = None  # (C, H, W); zoo models on digits default to (1, 32, 32)
     data: str = "digits"
     device: str = "cpu"
-    latency_budget: str | None = "0.5x"
+    policy: str = "auto"  # auto: from the budgets given; none given -> latency-sensitive at 0.5x
+    latency_budget: str | None = None
+    max_accuracy_drop: float | None = None  # points; accuracy-critical defaults to 0.5
+    memory_budget_mb: float | None = None
+    memory_metric: str = "weights"  # weights: ONNX initializer bytes; peak: the runtime's measured peak
     percentile: str = "p50"
     batch_size: int = 1
     threads: int | None = None  # None: the device spec's default
     criterion: str = "l1"
+    allocation: str = "uniform"
+    channel_multiple: int | None = None  # None: the device's (on the CPU, the host's SIMD width)
     finetune_epochs: int = 5
+    bn_recalibration: bool = True
+    distill: bool = False  # knowledge distillation from the unpruned model while fine-tuning
     train_epochs: int = 10  # only for built-in zoo models trained on the fly (cached)
     max_iterations: int = 6
     measure_blocks: int = 6
@@ -70,10 +82,16 @@ class BuildConfig:
     extra: dict[str, Any] = field(default_factory=dict, compare=False)
 
     def __post_init__(self) -> None:
+        from .pruning.allocation import ALLOCATIONS
         from .pruning.importance import CRITERIA
 
+        self._resolve_policy()
         if self.latency_budget is not None:
             parse_budget(self.latency_budget)
+        if self.allocation not in ALLOCATIONS:
+            raise ConfigError(f"allocation {self.allocation!r} is unknown: use one of {', '.join(ALLOCATIONS)}")
+        if self.memory_metric not in MEMORY_METRICS:
+            raise ConfigError(f"memory metric {self.memory_metric!r} is unknown: use weights or peak")
         if self.percentile not in PERCENTILES:
             raise ConfigError(f"percentile {self.percentile!r} is unknown: use one of {', '.join(PERCENTILES)}")
         if self.criterion not in CRITERIA:
@@ -85,6 +103,11 @@ class BuildConfig:
             if value < low:
                 raise ConfigError(f"{name.replace('_', '-')} must be at least {low}, got {value}")
             object.__setattr__(self, name, value)
+        if self.channel_multiple is not None:
+            multiple = _as_int("channel_multiple", self.channel_multiple)
+            if multiple < 1:
+                raise ConfigError(f"channel-multiple must be at least 1, got {multiple}")
+            object.__setattr__(self, "channel_multiple", multiple)
         if self.threads is not None:
             threads = _as_int("threads", self.threads)
             if threads < 1:
@@ -98,6 +121,43 @@ class BuildConfig:
             if len(shape) != 3 or min(shape) < 1:
                 raise ConfigError(f"input shape {self.input_shape} must be C,H,W with positive sizes, e.g. 3,224,224")
             object.__setattr__(self, "input_shape", shape)
+
+    def _resolve_policy(self) -> None:
+        """Fill in what the policy implies, and refuse a policy without the budget it needs."""
+        if self.policy not in POLICIES:
+            raise ConfigError(f"policy {self.policy!r} is unknown: use one of {', '.join(POLICIES)}")
+        for name in ("max_accuracy_drop", "memory_budget_mb"):
+            value = getattr(self, name)
+            if value is None:
+                continue
+            try:
+                value = float(value)
+            except (TypeError, ValueError):
+                raise ConfigError(f"{name.replace('_', '-')} must be a number, got {value!r}") from None
+            if value < 0 or (name == "memory_budget_mb" and value == 0):
+                raise ConfigError(f"{name.replace('_', '-')} must be {'positive' if name == 'memory_budget_mb' else 'zero or more'}, got {value}")
+            object.__setattr__(self, name, value)
+        budgets = [self.latency_budget, self.max_accuracy_drop, self.memory_budget_mb]
+        if self.policy == "auto" and all(b is None for b in budgets):
+            object.__setattr__(self, "latency_budget", DEFAULT_LATENCY_BUDGET)
+        elif self.policy == "latency-sensitive" and self.latency_budget is None:
+            object.__setattr__(self, "latency_budget", DEFAULT_LATENCY_BUDGET)
+        elif self.policy == "accuracy-critical" and self.max_accuracy_drop is None:
+            object.__setattr__(self, "max_accuracy_drop", DEFAULT_MAX_ACCURACY_DROP)
+        elif self.policy == "memory-constrained" and self.memory_budget_mb is None:
+            raise ConfigError("the memory-constrained policy needs --memory-budget-mb")
+
+    @property
+    def effective_policy(self) -> str:
+        """What `auto` means for the budgets given: accuracy-critical when accuracy is the only constraint,
+        memory-constrained when memory is the only one, latency-sensitive otherwise."""
+        if self.policy != "auto":
+            return self.policy
+        if self.max_accuracy_drop is not None and self.latency_budget is None and self.memory_budget_mb is None:
+            return "accuracy-critical"
+        if self.memory_budget_mb is not None and self.latency_budget is None:
+            return "memory-constrained"
+        return "latency-sensitive"
 
     @property
     def budget(self) -> LatencyBudget | None:

@@ -16,13 +16,16 @@ import torch
 
 from .. import __version__
 from ..config import BuildConfig
-from ..errors import BudgetNotMet, ConfigError
+from ..errors import BudgetNotMet, ConfigError, ParityError
 from ..profiling.cost import model_cost
 from ..profiling.stats import LatencyStats, paired_ratio, within_noise
-from ..pruning.prune import prunable_widths, prune_model, round_width
+from ..pruning.prune import DEEPEST_RATIO, prunable_widths, prune_model
 from . import stages
 from .artifacts import StagedOutput, write_json
-from .policy import Attempt, LatencySensitivePolicy, Step, Stop, choose_final
+from ..pruning.allocation import Allocator
+from ..pruning.recover import accuracy_torch, recalibrate_bn
+from .policy import (AccuracyCriticalPolicy, Attempt, LatencySensitivePolicy, Step, Stop, choose_fastest,
+                     choose_final)
 
 log = logging.getLogger(__name__)
 
@@ -57,8 +60,6 @@ def build(config: BuildConfig | None = None, progress: Progress | None = None, *
     best attempt, marked as not meeting the budget) when it is not; any other error leaves no artifacts."""
     config = (config or BuildConfig()).replace(**overrides) if overrides else (config or BuildConfig())
     progress = progress or _LogProgress()
-    if config.budget is None:
-        raise ConfigError("the latency-sensitive policy needs a budget: --latency-budget 0.5x or 2.5ms")
     staged = StagedOutput(Path(config.out), overwrite=config.overwrite)
     work = Path(tempfile.mkdtemp(prefix="edgeprune-work-"))
     try:
@@ -89,6 +90,7 @@ class _Build:
         cfg = self.config
         self.progress.stage("profile", f"device {cfg.device}")
         self.prof = stages.profile_stage(cfg)
+        self.multiple = cfg.channel_multiple or self.prof.device.channel_multiple
         self.progress.stage("model", f"{cfg.model} on {cfg.data}")
         self.prep = stages.model_stage(cfg, lambda msg: self.progress.stage("train", msg))
         shape = self.prep.model.input_shape
@@ -104,43 +106,158 @@ class _Build:
         base_stats = self.prof.runner.measure(self.exports[0].deployed, *self._measure_args())
         self.base_latency = base_stats.percentile(cfg.percentile)
         budget = cfg.budget
-        self.target_ms = budget.target_ms(self.base_latency)
-        self.target_ratio = self.target_ms / self.base_latency
+        self.target_ms = budget.target_ms(self.base_latency) if budget else None
+        self.target_ratio = self.target_ms / self.base_latency if budget else None
         baseline = self._record(0, 0.0, "unpruned baseline", base, base_stats, None, {"bn_recalibration": False})
-        baseline["budget_met"] = self.base_latency <= self.target_ms
+        self.base_memory = self._memory_mb(baseline)
+        self._check_accuracy_constraint(baseline)
+        baseline["checks"] = self._checks(baseline, None)
+        baseline["budget_met"] = all(baseline["checks"].values())
+        self.allocator = self._allocator()
 
-        policy = LatencySensitivePolicy(self.target_ratio, cfg.max_iterations, signature=self._signature)
-        attempts: list[Attempt] = []
+        policy_name = cfg.effective_policy
+        bound_targets = self._bound_targets()
+        if policy_name == "accuracy-critical" and not bound_targets:
+            policy = AccuracyCriticalPolicy(cfg.max_accuracy_drop, baseline["accuracy"], cfg.max_iterations,
+                                            signature=self._signature, max_ratio=DEEPEST_RATIO)
+        else:
+            policy = LatencySensitivePolicy(1.0 / max(1.0 / t for t in bound_targets.values()), cfg.max_iterations,
+                                            signature=self._signature, max_ratio=DEEPEST_RATIO,
+                                            initial_k=2.0 if set(bound_targets) == {"memory"} else 1.5)
+        searched: list[Attempt] = []
         step = policy.first_step()
         while isinstance(step, Step):
-            record = self._attempt(len(attempts) + 1, step)
-            attempts.append(Attempt(record["ratio"], record["latency_ratio"]["ratio"], record["budget_met"],
-                                    self._signature(record["ratio"]), record["accuracy"],
-                                    deepest=self._signature(record["ratio"]) == self._signature(policy.max_ratio)))
-            step = policy.next_step(attempts)
+            record = self._attempt(len(searched) + 1, step)
+            sig = self._signature(record["ratio"])
+            deepest = sig == self._signature(policy.max_ratio)
+            if isinstance(policy, AccuracyCriticalPolicy):
+                searched.append(Attempt(record["ratio"], record["latency_ratio"]["ratio"], record["budget_met"],
+                                        sig, record["accuracy"], deepest))
+            else:
+                bounds_met = all(record["checks"][k] for k in bound_targets)
+                searched.append(Attempt(record["ratio"], self._cost(record, bound_targets), bounds_met, sig,
+                                        record["accuracy"], deepest))
+            step = policy.next_step(searched)
         assert isinstance(step, Stop)
-        if not attempts:  # the unpruned model meets the budget
-            final_idx, budget_met = 0, bool(baseline["budget_met"])
-        else:
-            resolution = 100.0 / len(self.prep.data.val)
-            chosen = choose_final(attempts, resolution)
-            budget_met = chosen is not None
-            if chosen is None:  # keep the fastest attempt, marked as not meeting the budget
-                chosen = min(range(len(attempts)), key=lambda i: attempts[i].latency_ratio)
-            final_idx = chosen + 1
+        final_idx, budget_met, reason = self._choose(baseline, policy, step)
         self.iterations[final_idx]["selected"] = True
-        return self._write(final_idx, budget_met, step.reason)
+        return self._write(final_idx, budget_met, reason, policy.name)
+
+    def _choose(self, baseline: dict, policy, stop: Stop) -> tuple[int, bool, str]:
+        """The attempt to ship: meeting every constraint, best by the policy's objective; else the closest."""
+        attempts = self.iterations[1:]
+        if not attempts:
+            return 0, bool(baseline["budget_met"]), stop.reason
+        full = [Attempt(r["ratio"], r["latency_ratio"]["ratio"], r["budget_met"], None, r["accuracy"])
+                for r in attempts]
+        if isinstance(policy, AccuracyCriticalPolicy):
+            chosen = choose_fastest(full)
+        else:
+            chosen = choose_final(full, 100.0 / len(self.prep.data.val))
+        if chosen is not None:
+            return chosen + 1, True, stop.reason
+        failed = sorted({k for r in attempts for k, ok in r["checks"].items() if not ok})
+        if isinstance(policy, AccuracyCriticalPolicy):  # closest: the smallest accuracy drop
+            chosen = max(range(len(attempts)), key=lambda i: (attempts[i]["accuracy"] or 0.0, -attempts[i]["ratio"]))
+        else:  # closest: the lowest constrained cost
+            targets = self._bound_targets()
+            chosen = min(range(len(attempts)), key=lambda i: self._cost(attempts[i], targets) if targets else 0)
+        return chosen + 1, False, f"{stop.reason}; no attempt meets every constraint (failed: {', '.join(failed)})"
+
+    def _constraints_report(self, fin: dict) -> dict[str, Any]:
+        cfg, out = self.config, {}
+        if cfg.budget is not None:
+            out["latency"] = {"budget": str(cfg.budget), "percentile": cfg.percentile, "target_ms": self.target_ms,
+                              "final_ratio": fin["latency_ratio"]["ratio"] if fin["latency_ratio"] else 1.0,
+                              "met": fin["checks"].get("latency")}
+        if cfg.memory_budget_mb is not None:
+            out["memory"] = {"budget_mb": cfg.memory_budget_mb, "metric": cfg.memory_metric,
+                             "measured_as": "ONNX initializer bytes (the weights the runtime loads)"
+                             if cfg.memory_metric == "weights" else fin["memory"]["peak_source"],
+                             "baseline_mb": self.base_memory, "final_mb": self._memory_mb(fin),
+                             "met": fin["checks"].get("memory")}
+        if cfg.max_accuracy_drop is not None:
+            base = self.iterations[0]["accuracy"]
+            out["accuracy"] = {"max_drop": cfg.max_accuracy_drop, "baseline": base, "final": fin["accuracy"],
+                               "met": fin["checks"].get("accuracy")}
+        return out
+
+    def _bound_targets(self) -> dict[str, float]:
+        """Budgets that need pruning deep enough, as target ratios to the unpruned model."""
+        out = {}
+        if self.target_ratio is not None:
+            out["latency"] = self.target_ratio
+        if self.config.memory_budget_mb is not None:
+            out["memory"] = self.config.memory_budget_mb / self.base_memory
+        return out
+
+    def _cost(self, record: dict, targets: dict[str, float]) -> float:
+        """The constrained cost relative to the unpruned model, scaled so it meets the policy's target exactly
+        when every bound meets its own: max_i(value_i / target_i) / max_i(1 / target_i)."""
+        values = {"latency": record["latency_ratio"]["ratio"] if record["latency_ratio"] else 1.0,
+                  "memory": self._memory_mb(record) / self.base_memory}
+        s = max(values[k] / t for k, t in targets.items())
+        s0 = max(1.0 / t for t in targets.values())
+        return s / s0
+
+    def _memory_mb(self, record: dict) -> float:
+        mem = record["memory"]
+        if self.config.memory_metric == "peak":
+            if mem.get("peak_mb") is None:
+                raise ConfigError(f"runner {self.prof.runner.name} cannot measure peak memory: use "
+                                  "--memory-metric weights")
+            return float(mem["peak_mb"])
+        return mem["weights_bytes"] / 2**20
+
+    def _checks(self, record: dict, ratio: float | None) -> dict[str, bool]:
+        cfg, out = self.config, {}
+        if cfg.budget is not None:
+            out["latency"] = (self._met(LatencyStats.from_dict(record["latency"]), ratio) if ratio is not None
+                              else record["latency_ms"] <= self.target_ms)
+        if cfg.memory_budget_mb is not None:
+            out["memory"] = self._memory_mb(record) <= cfg.memory_budget_mb
+        if cfg.max_accuracy_drop is not None:
+            base = self.iterations[0]["accuracy"]
+            out["accuracy"] = record["accuracy"] is not None and base - record["accuracy"] <= cfg.max_accuracy_drop + 1e-9
+        return out
+
+    def _check_accuracy_constraint(self, baseline: dict) -> None:
+        cfg = self.config
+        if cfg.max_accuracy_drop is None:
+            return
+        if self.prep.accuracy_available is not None:
+            raise ConfigError(f"an accuracy tolerance needs labeled data the model can be scored on: "
+                              f"{self.prep.accuracy_available}")
+        torch_acc = stages.torch_accuracy(self.prep.model.module, self.prep.data)
+        baseline["accuracy_torch"] = torch_acc
+        if torch_acc - baseline["accuracy"] > cfg.max_accuracy_drop:
+            raise ParityError(f"the unpruned model's ONNX artifact already scores {baseline['accuracy']:.2f}% "
+                              f"against {torch_acc:.2f}% in PyTorch, beyond the {cfg.max_accuracy_drop:g}-point "
+                              "tolerance: the export is broken; report the model and versions")
+
+    def _allocator(self) -> Allocator:
+        cfg = self.config
+        data = self.prep.data
+        can_score = self.prep.accuracy_available is None
+        return Allocator(self.prep.model.module, self.example, self.multiple, cfg.allocation,
+                         cfg.criterion, batches=data.labeled_batches(),
+                         evaluate=(lambda m: accuracy_torch(m, data)) if can_score else None,
+                         recalibrate=lambda m: recalibrate_bn(m, data.calibration_batches()))
 
     # -- one attempt -------------------------------------------------------------------------------------
     def _attempt(self, index: int, step: Step) -> dict[str, Any]:
         cfg = self.config
         self.progress.stage("prune", f"iteration {index}: ratio {step.ratio:.3f} ({step.reason})")
-        pruned = prune_model(self.prep.model.module, self.example, step.ratio, self.prof.device.channel_multiple,
-                             cfg.criterion, batches=self.prep.data.labeled_batches())
+        pruned = prune_model(self.prep.model.module, self.example, 0.0, self.multiple,
+                             cfg.criterion, widths=self.allocator.widths(step.ratio),
+                             batches=self.prep.data.labeled_batches())
+        pruned.ratio = step.ratio
         model = pruned.model
         recovery = stages.recover_stage(model, self.prep.data, cfg.finetune_epochs, cfg.seed + index,
                                         self.prep.accuracy_available is None,
-                                        lambda msg: self.progress.stage("recover", f"iteration {index}: {msg}"))
+                                        lambda msg: self.progress.stage("recover", f"iteration {index}: {msg}"),
+                                        bn_recalibration=cfg.bn_recalibration,
+                                        teacher=self.prep.model.module if cfg.distill else None)
         self.progress.stage("export", f"iteration {index}")
         self.models[index] = model
         self.exports[index] = self._export(model, index)
@@ -149,7 +266,7 @@ class _Build:
                                                           *self._measure_args())
         ratio = paired_ratio(cand, base)
         remeasured = None
-        if within_noise(ratio.ratio, self.target_ratio, cand):
+        if self.target_ratio is not None and within_noise(ratio.ratio, self.target_ratio, cand):
             self.progress.stage("measure", f"iteration {index}: within noise of the budget, measuring again")
             remeasured = {"first_ratio": ratio.ratio, "first_p": cand.percentile(cfg.percentile)}
             warmup, iters, blocks = self._measure_args()
@@ -159,6 +276,9 @@ class _Build:
         record = self._record(index, step.ratio, step.reason, model, cand, (base, ratio), recovery,
                               widths=pruned.widths_after)
         record["remeasured"] = remeasured
+        record["checks"] = self._checks(record, record["latency_ratio"]["ratio"])
+        record["budget_met"] = all(record["checks"].values())
+        record["summary"] = self._summary(record)
         self.progress.iteration(record)
         return record
 
@@ -176,8 +296,7 @@ class _Build:
         return max(10, self.config.measure_iters // 4), self.config.measure_iters, self.config.measure_blocks
 
     def _signature(self, ratio: float) -> tuple[int, ...]:
-        m = self.prof.device.channel_multiple
-        return tuple(round_width(n, ratio, m) for n in self.full_widths.values())
+        return tuple(self.allocator.widths(ratio).values())
 
     def _record(self, index, ratio, reason, model, stats, paired, recovery, widths=None) -> dict[str, Any]:
         cfg = self.config
@@ -202,16 +321,23 @@ class _Build:
             base_stats, ratio_obj = paired
             rec["latency_ratio"] = ratio_obj.to_dict()
             rec["baseline_latency_paired"] = base_stats.to_dict()
-            rec["budget_met"] = self._met(stats, ratio_obj.ratio)
-        rec["summary"] = (f"ratio {ratio:.3f}, {cost.macs / 1e6:.1f} MMACs, {latency:.3f} ms "
-                          + (f"({rec['latency_ratio']['ratio']:.3f}x of baseline) " if paired else "")
-                          + (f"acc {acc:.2f}% " if acc is not None else "")
-                          + ("" if paired is None else ("meets budget" if rec["budget_met"] else "over budget")))
+        rec["summary"] = self._summary(rec)
         self.iterations.append(rec)
         return rec
 
+    def _summary(self, rec: dict[str, Any]) -> str:
+        text = (f"ratio {rec['ratio']:.3f}, {rec['macs'] / 1e6:.1f} MMACs, {rec['latency_ms']:.3f} ms"
+                + (f" ({rec['latency_ratio']['ratio']:.3f}x of baseline)" if rec["latency_ratio"] else "")
+                + f", {rec['memory']['weights_bytes'] / 2**20:.2f} MB weights"
+                + (f", acc {rec['accuracy']:.2f}%" if rec["accuracy"] is not None else ""))
+        checks = rec.get("checks")
+        if checks and rec["kind"] == "attempt":
+            failed = [k for k, ok in checks.items() if not ok]
+            text += " meets budget" if not failed else f" fails {', '.join(failed)}"
+        return text
+
     # -- artifacts -----------------------------------------------------------------------------------------
-    def _write(self, final_idx: int, budget_met: bool, stop_reason: str) -> BuildResult:
+    def _write(self, final_idx: int, budget_met: bool, stop_reason: str, policy: str) -> BuildResult:
         from ..reporting.markdown import render_report
 
         cfg = self.config
@@ -240,9 +366,12 @@ class _Build:
             "schema_version": SCHEMA_VERSION,
             "tool": {"name": "edgeprune", "version": __version__},
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "budget_met": budget_met, "stop_reason": stop_reason, "policy": "latency-sensitive",
-            "budget": {"spec": str(cfg.budget), "kind": cfg.budget.kind, "value": cfg.budget.value,
-                       "percentile": cfg.percentile, "target_ms": self.target_ms, "target_ratio": self.target_ratio},
+            "budget_met": budget_met, "stop_reason": stop_reason, "policy": policy,
+            "budget": None if cfg.budget is None else {
+                "spec": str(cfg.budget), "kind": cfg.budget.kind, "value": cfg.budget.value,
+                "percentile": cfg.percentile, "target_ms": self.target_ms, "target_ratio": self.target_ratio},
+            "constraints": self._constraints_report(fin),
+            "allocation": self.allocator.describe(),
             "config": cfg.to_dict(), "device": self.prof.device.to_dict(), "host": self.prof.host.to_dict(),
             "runner": self.prof.runner.describe(), "versions": versions(),
             "model": {"name": self.prep.model.name, "source": self.prep.model.source,

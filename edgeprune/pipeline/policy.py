@@ -29,7 +29,9 @@ class Attempt:
     """What the policy needs to know of a measured attempt."""
 
     ratio: float
-    latency_ratio: float  # measured latency / unpruned latency (paired, interleaved measurement)
+    # The constrained cost relative to the unpruned model: the paired latency ratio for a latency budget, the
+    # memory ratio for a memory budget, the larger of the two (each over its budget) for both.
+    latency_ratio: float
     met: bool
     signature: Hashable  # the widths it produced: two ratios with one signature are the same model
     accuracy: float | None = None
@@ -37,6 +39,8 @@ class Attempt:
 
 
 class LatencySensitivePolicy:
+    """Prune no deeper than needed to bring the constrained cost (latency and/or memory) under its budget."""
+
     name = "latency-sensitive"
 
     def __init__(self, target_ratio: float, max_iterations: int, signature: Callable[[float], Hashable],
@@ -104,11 +108,8 @@ class LatencySensitivePolicy:
 
     def _unseen(self, r: float, low: float, high: float, seen: set, reason: str) -> Step | None:
         """The ratio nearest to r in (low, high) whose widths differ from every attempt so far."""
-        candidates = sorted({min(high, max(low, r + d)) for d in _offsets(high - low)}, key=lambda c: abs(c - r))
-        for c in candidates:
-            if low < c < high and self.signature(c) not in seen:
-                return Step(c, reason)
-        return None
+        c = _nearest_unseen(self.signature, r, low, high, seen)
+        return None if c is None else Step(c, reason)
 
 
 def _exponent(ratio: float, latency_ratio: float) -> float | None:
@@ -132,3 +133,73 @@ def choose_final(history: Sequence[Attempt], accuracy_resolution: float = 0.0) -
         best = max(a.accuracy for _, a in met)
         met = [(i, a) for i, a in met if a.accuracy >= best - accuracy_resolution - 1e-9]
     return max(met, key=lambda ia: ia[1].latency_ratio)[0]
+
+
+class AccuracyCriticalPolicy:
+    """Prune as far as the deployed artifact's accuracy stays within `max_drop` points of the unpruned one
+    (objective: the lowest measured latency). Adaptive steps, after the seed paper: large while the accuracy
+    margin is large, smaller near the tolerance; a step that breaks it is rolled back to the last good ratio and
+    retried at half the size. Every ratio is pruned from the trained model, so rolling back is exact."""
+
+    name = "accuracy-critical"
+
+    def __init__(self, max_drop: float, baseline_accuracy: float, max_iterations: int,
+                 signature: Callable[[float], Hashable], first: float = 0.4, min_step: float = 0.02,
+                 max_ratio: float = 0.98):
+        self.max_drop, self.baseline = max_drop, baseline_accuracy
+        self.max_iterations, self.signature = max_iterations, signature
+        self.first, self.min_step, self.max_ratio = first, min_step, max_ratio
+
+    def ok(self, accuracy: float | None) -> bool:
+        return accuracy is not None and self.baseline - accuracy <= self.max_drop + 1e-9
+
+    def first_step(self) -> Step | Stop:
+        step = _nearest_unseen(self.signature, self.first, 0.0, self.max_ratio, {self.signature(0.0)})
+        return Step(step, "first step") if step is not None else Stop("no layer can be pruned", False)
+
+    def next_step(self, history: Sequence[Attempt]) -> Step | Stop:
+        good = [a for a in history if a.met]
+        if len(history) >= self.max_iterations:
+            return Stop(f"iteration cap ({self.max_iterations}) reached", bool(good))
+        best = max(good, key=lambda a: a.ratio) if good else None
+        best_r = best.ratio if best else 0.0
+        if best is not None and best.deepest:
+            return Stop("accuracy stays within tolerance even at the deepest pruning the model allows", True)
+        failed_above = [a.ratio for a in history if not a.met and a.ratio > best_r]
+        upper = min(failed_above) if failed_above else self.max_ratio
+        if upper - best_r < self.min_step:
+            return Stop(f"accuracy boundary located: ratio {best_r:.3f} keeps accuracy within {self.max_drop:g} "
+                        f"points, {upper:.3f} does not", bool(good))
+        last = history[-1]
+        seen = {a.signature for a in history} | {self.signature(0.0)}
+        if last.met:
+            previous = max((a.ratio for a in good if a.ratio < last.ratio), default=0.0)
+            margin = (self.max_drop - (self.baseline - last.accuracy)) / self.max_drop if self.max_drop > 0 else 0.0
+            size = max(self.min_step, (last.ratio - previous) * min(1.5, max(0.25, margin * 1.5)))
+            target, reason = best_r + size, f"accuracy margin {margin:.0%} of the tolerance: step {size:.3f}"
+            if failed_above:
+                target = min(target, best_r + 0.5 * (upper - best_r))
+        else:
+            target = best_r + 0.5 * (last.ratio - best_r)
+            reason = f"ratio {last.ratio:.3f} broke the tolerance: back to {best_r:.3f}, retry a half step"
+        if target >= self.max_ratio and self.signature(self.max_ratio) not in seen and upper >= self.max_ratio:
+            return Step(self.max_ratio, "deepest pruning the model allows")
+        r = _nearest_unseen(self.signature, target, best_r, upper, seen)
+        if r is None:
+            return Stop("no model between the last good and the first failing ratio is reachable at this channel "
+                        "multiple", bool(good))
+        return Step(r, reason)
+
+
+def _nearest_unseen(signature: Callable[[float], Hashable], r: float, low: float, high: float,
+                    seen: set) -> float | None:
+    for c in sorted({min(high, max(low, r + d)) for d in _offsets(high - low)}, key=lambda c: abs(c - r)):
+        if low < c < high and signature(c) not in seen:
+            return c
+    return None
+
+
+def choose_fastest(history: Sequence[Attempt]) -> int | None:
+    """The accuracy-critical objective: the lowest measured latency among attempts within tolerance."""
+    met = [(i, a) for i, a in enumerate(history) if a.met]
+    return min(met, key=lambda ia: ia[1].latency_ratio)[0] if met else None

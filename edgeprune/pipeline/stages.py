@@ -114,15 +114,18 @@ def cache_dir() -> Path:
 
 
 def recover_stage(model: nn.Module, data: DataBundle, epochs: int, seed: int, can_train: bool,
-                  progress: Callable[[str], None] | None = None) -> dict[str, Any]:
-    """BN statistics recalibration, then fine-tuning on the training split."""
-    recalibrate_bn(model, data.calibration_batches())
-    done = {"bn_recalibration": True, "finetune_epochs": 0}
+                  progress: Callable[[str], None] | None = None, bn_recalibration: bool = True,
+                  teacher: nn.Module | None = None) -> dict[str, Any]:
+    """BN statistics recalibration, then fine-tuning on the training split (distilled from `teacher` if given)."""
+    if bn_recalibration:
+        recalibrate_bn(model, data.calibration_batches())
+    done = {"bn_recalibration": bn_recalibration, "finetune_epochs": 0, "distillation": False}
     if can_train and epochs > 0:
-        finetune(model, data, epochs, seed=seed,
+        finetune(model, data, epochs, seed=seed, teacher=teacher,
                  progress=(lambda e, n, loss: progress(f"fine-tuning: epoch {e}/{n}, loss {loss:.3f}"))
                  if progress else None)
         done["finetune_epochs"] = epochs
+        done["distillation"] = teacher is not None
     return done
 
 

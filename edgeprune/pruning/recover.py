@@ -13,8 +13,11 @@ log = logging.getLogger(__name__)
 
 
 def train(model: nn.Module, data: DataBundle, epochs: int, lr: float = 0.05, batch_size: int = 64, seed: int = 0,
-          progress: Callable[[int, int, float], None] | None = None) -> nn.Module:
-    """SGD with momentum and a one-cycle schedule; seeded, so the same inputs give the same weights."""
+          progress: Callable[[int, int, float], None] | None = None, teacher: nn.Module | None = None,
+          temperature: float = 4.0, alpha: float = 0.5) -> nn.Module:
+    """SGD with momentum and a one-cycle schedule; seeded, so the same inputs give the same weights.
+    With a `teacher`, the loss mixes cross-entropy with the KL divergence to the teacher's softened outputs
+    (Hinton et al. 2015): alpha * CE + (1 - alpha) * T^2 * KL."""
     if epochs <= 0:
         return model
     torch.manual_seed(seed)
@@ -27,7 +30,13 @@ def train(model: nn.Module, data: DataBundle, epochs: int, lr: float = 0.05, bat
         total, n = 0.0, 0
         for x, y in loader:
             opt.zero_grad(set_to_none=True)
-            loss = loss_fn(model(x), y)
+            logits = model(x)
+            loss = loss_fn(logits, y)
+            if teacher is not None:
+                with torch.no_grad():
+                    soft = torch.softmax(teacher(x) / temperature, dim=1)
+                kd = nn.functional.kl_div(torch.log_softmax(logits / temperature, dim=1), soft, reduction="batchmean")
+                loss = alpha * loss + (1 - alpha) * temperature ** 2 * kd
             loss.backward()
             opt.step()
             sched.step()
@@ -40,9 +49,12 @@ def train(model: nn.Module, data: DataBundle, epochs: int, lr: float = 0.05, bat
 
 
 def finetune(model: nn.Module, data: DataBundle, epochs: int, seed: int = 0, lr: float = 0.03,
-             progress: Callable[[int, int, float], None] | None = None) -> nn.Module:
+             progress: Callable[[int, int, float], None] | None = None,
+             teacher: nn.Module | None = None) -> nn.Module:
     """A short, lower-rate run of `train` after pruning: every pruned model starts near chance on digits."""
-    return train(model, data, epochs, lr=lr, seed=seed, progress=progress)
+    if teacher is not None:
+        teacher.eval()
+    return train(model, data, epochs, lr=lr, seed=seed, progress=progress, teacher=teacher)
 
 
 @torch.no_grad()

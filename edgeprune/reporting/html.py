@@ -20,7 +20,7 @@ from typing import Any
 from ..errors import ConfigError
 from ..pipeline.artifacts import MANIFEST, file_hashes, verify_manifest, write_json
 from . import plots
-from .markdown import render_report
+from .markdown import render_report, verdict_text
 
 log = logging.getLogger(__name__)
 
@@ -92,14 +92,12 @@ def update_manifest(out: Path, files: list[str], by: str) -> None:
 
 
 def render_html(r: dict[str, Any]) -> str:
-    f, b = r["final"], r["budget"]
+    f = r["final"]
+    b = {"percentile": f["percentile"]}
     base = r["iterations"][0]
     title = f"edgeprune build: {r['model']['name']} on {r['device']['name']}"
     met = bool(r.get("budget_met"))
-    verdict = (f"Budget {'met' if met else 'NOT met'}: {b['spec']} on {b['percentile']}"
-               + (f" ({b['target_ms']:.3f} ms)" if b["kind"] == "absolute"
-                  else ", relative to the unpruned model measured side by side")
-               + f". Stop reason: {r['stop_reason']}.")
+    verdict = verdict_text(r)
     summary = [
         ("", "unpruned", "shipped", "change"),
         (f"{b['percentile']} latency (ms), side by side", f"{f['baseline_latency_ms']:.3f}", f"{f['latency_ms']:.3f}",

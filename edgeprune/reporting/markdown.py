@@ -4,19 +4,39 @@ from __future__ import annotations
 from typing import Any
 
 
+def constraints_text(r: dict[str, Any]) -> str:
+    """The constraints of a build in words, e.g. 'latency 0.5x on p50 (relative ...); accuracy within 0.5 points'."""
+    parts = []
+    b = r.get("budget")
+    if b:
+        parts.append(f"latency {b['spec']} on {b['percentile']}" + (
+            f" ({b['target_ms']:.3f} ms)" if b["kind"] == "absolute"
+            else ", relative to the unpruned model measured side by side"))
+    c = r.get("constraints") or {}
+    if "memory" in c:
+        parts.append(f"memory at most {c['memory']['budget_mb']:g} MB of {c['memory']['metric']}")
+    if "accuracy" in c:
+        parts.append(f"accuracy within {c['accuracy']['max_drop']:g} points of the unpruned artifact")
+    return "; ".join(parts)
+
+
+def verdict_text(r: dict[str, Any]) -> str:
+    return (f"Budget {'met' if r['budget_met'] else 'NOT met'} ({r.get('policy', 'latency-sensitive')}: "
+            f"{constraints_text(r)}). Stop reason: {r['stop_reason']}.")
+
+
 def render_report(r: dict[str, Any]) -> str:
-    f, b = r["final"], r["budget"]
+    f = r["final"]
     base = r["iterations"][0]
+    percentile = f["percentile"]
     lines = [
         f"# edgeprune build: {r['model']['name']} on {r['device']['name']}",
         "",
-        f"**Budget {'met' if r['budget_met'] else 'NOT met'}** ({b['spec']} on {b['percentile']}"
-        + (f", {b['target_ms']:.3f} ms" if b["kind"] == "absolute" else ", relative to the unpruned model measured "
-           "side by side") + f"). Stop reason: {r['stop_reason']}.",
+        f"**{verdict_text(r)}**",
         "",
         "| | unpruned | shipped | change |",
         "|---|---:|---:|---:|",
-        f"| {b['percentile']} latency (ms), measured side by side | {f['baseline_latency_ms']:.3f} | "
+        f"| {percentile} latency (ms), measured side by side | {f['baseline_latency_ms']:.3f} | "
         f"{f['latency_ms']:.3f} | {f['speedup']:.2f}x faster |",
         f"| MACs | {_m(base['macs'])} | {_m(f['macs'])} | {f['macs_reduction']:.2f}x fewer |",
         f"| parameters | {_m(base['params'])} | {_m(f['params'])} | {f['params_reduction']:.2f}x fewer |",

@@ -26,7 +26,8 @@ def latency_accuracy_per_iteration(report: dict[str, Any]) -> bytes:
                         color=_color(it), markersize=9 if it.get("selected") else 6, capsize=3)
     ax_lat.plot(xs, [float("nan") if v is None else v for v in lat["values"]], color="#bbbbbb", linewidth=1,
                 zorder=0)
-    ax_lat.axhline(lat["target"], color=BUDGET_COLOR, linestyle="--")
+    if lat["target"] is not None:  # no line when the build had no latency budget
+        ax_lat.axhline(lat["target"], color=BUDGET_COLOR, linestyle="--")
     ax_lat.set_xlabel("iteration (0 = unpruned)")
     ax_lat.set_ylabel(lat["label"])
     ax_lat.set_title("latency per iteration")
@@ -65,7 +66,8 @@ def accuracy_vs_latency(report: dict[str, Any]) -> bytes:
     for it, x in points:
         ax.plot([x], [it["accuracy"]], _marker(it), color=_color(it), markersize=10 if it.get("selected") else 7)
         ax.annotate(str(it["index"]), (x, it["accuracy"]), textcoords="offset points", xytext=(6, 4), fontsize=8)
-    ax.axvline(lat["target"], color=BUDGET_COLOR, linestyle="--")
+    if lat["target"] is not None:
+        ax.axvline(lat["target"], color=BUDGET_COLOR, linestyle="--")
     ax.legend(handles=_legend_handles(ax, budget=lat["target_label"]), fontsize=8, loc="best")
     ax.set_xlabel(lat["label"])
     ax.set_ylabel("top-1 accuracy (%)")
@@ -110,7 +112,8 @@ ALL_PLOTS = {
 # -- helpers -----------------------------------------------------------------------------------------------------
 
 def _latency_axis(report: dict[str, Any]) -> dict[str, Any]:
-    budget = report["budget"]
+    budget = report["budget"] or {"kind": "relative", "target_ratio": None, "spec": "none",
+                                  "percentile": report["final"]["percentile"]}
     its = report["iterations"]
     if budget.get("kind") == "relative":
         values, errors = [], []

@@ -1,0 +1,148 @@
+"""Issue-3 figures: accuracy at the same measured latency budgets for each criterion x allocation, with and without
+recovery; accuracy-critical (P = 0.5) and memory-constrained (50% / 25% of the unpruned weights) on ResNet-56
+trained on digits. Every figure is a real build (prune, recover, export, measure on ONNX Runtime, evaluate the
+ONNX artifact). Prints a table, writes JSON and a plot.
+
+    .venv/bin/python benchmarks/policies.py --quick          # resnet20, one seed, a few cells (minutes)
+    .venv/bin/python benchmarks/policies.py                  # the full grid: hours on 2 cores
+"""
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run(cfg_kwargs: dict, out: Path) -> dict:
+    import edgeprune
+    from edgeprune.errors import BudgetNotMet
+
+    t0 = time.perf_counter()
+    try:
+        report = edgeprune.build(edgeprune.BuildConfig(**cfg_kwargs, out=str(out)), progress=_Quiet()).report
+    except BudgetNotMet as exc:
+        report = exc.result.report
+    f = report["final"]
+    return {"budget_met": report["budget_met"], "policy": report["policy"], "stop_reason": report["stop_reason"],
+            "accuracy": f["accuracy"], "baseline_accuracy": f["baseline_accuracy"], "latency_ratio": f["latency_ratio"],
+            "macs_reduction": f["macs_reduction"], "params_reduction": f["params_reduction"],
+            "weights_mb": f["memory"]["weights_bytes"] / 2**20,
+            "baseline_weights_mb": report["iterations"][0]["memory"]["weights_bytes"] / 2**20,
+            "iterations": len(report["iterations"]) - 1, "seconds": time.perf_counter() - t0}
+
+
+class _Quiet:
+    def stage(self, name, detail=""):
+        pass
+
+    def iteration(self, record):
+        print(f"    {record['summary']}", flush=True)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--model", default="resnet56")
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--budgets", type=float, nargs="+", default=[0.7, 0.5, 0.35])
+    ap.add_argument("--criteria", nargs="+", default=["activation", "l1", "l2", "bn-scale", "taylor", "random"])
+    ap.add_argument("--allocations", nargs="+", default=["uniform", "global", "sensitivity"])
+    ap.add_argument("--recovery", choices=["both", "on", "off"], default="both")
+    ap.add_argument("--finetune-epochs", type=int, default=10)
+    ap.add_argument("--channel-multiple", type=int, default=None)
+    ap.add_argument("--max-iterations", type=int, default=5)
+    ap.add_argument("--skip-policies", action="store_true", help="only the criterion x allocation grid")
+    ap.add_argument("--json", default=str(ROOT / "benchmarks" / "results" / "policies.json"))
+    args = ap.parse_args()
+    if args.quick:
+        args.model, args.seeds, args.budgets = "resnet20", [0], [0.5]
+        args.criteria, args.allocations, args.recovery = ["activation", "l1"], ["uniform", "global"], "on"
+        args.finetune_epochs = 5
+    recoveries = {"both": [True, False], "on": [True], "off": [False]}[args.recovery]
+    rows, policies = [], []
+    with tempfile.TemporaryDirectory() as tmp:
+        os.environ["EDGEPRUNE_CACHE"] = os.environ.get("EDGEPRUNE_CACHE", str(Path(tmp) / "cache"))
+        base = {"model": args.model, "max_iterations": args.max_iterations,
+                "channel_multiple": args.channel_multiple}
+        for seed, budget, crit, alloc, rec in itertools.product(args.seeds, args.budgets, args.criteria,
+                                                                 args.allocations, recoveries):
+            print(f"seed {seed} budget {budget}x {crit}/{alloc} recovery {'on' if rec else 'off'}", flush=True)
+            kw = {**base, "seed": seed, "latency_budget": f"{budget}x", "criterion": crit, "allocation": alloc,
+                  "finetune_epochs": args.finetune_epochs if rec else 0, "bn_recalibration": rec}
+            rows.append({"seed": seed, "budget": budget, "criterion": crit, "allocation": alloc, "recovery": rec,
+                         **run(kw, Path(tmp) / "out")})
+        if not args.skip_policies:
+            for seed in args.seeds:
+                kw = {**base, "seed": seed, "finetune_epochs": args.finetune_epochs, "criterion": "activation"}
+                print(f"seed {seed} accuracy-critical P=0.5", flush=True)
+                policies.append({"seed": seed, "case": "accuracy-critical P=0.5",
+                                 **run({**kw, "max_accuracy_drop": 0.5}, Path(tmp) / "out")})
+                base_mb = policies[-1]["baseline_weights_mb"]
+                for frac in (0.5, 0.25):
+                    print(f"seed {seed} memory-constrained {frac:.0%}", flush=True)
+                    policies.append({"seed": seed, "case": f"memory-constrained {frac:.0%}", "budget_mb": base_mb * frac,
+                                     **run({**kw, "memory_budget_mb": base_mb * frac}, Path(tmp) / "out")})
+    result = {"args": vars(args), "grid": rows, "policies": policies, "summary": summarize(rows)}
+    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+    print_tables(rows, policies, result["summary"])
+    plot(rows, Path(args.json).with_suffix(".png"))
+    print(f"\nwrote {args.json}")
+
+
+def summarize(rows: list[dict]) -> list[dict]:
+    """Mean accuracy over seeds per budget x criterion x allocation x recovery; unmet builds count as missing."""
+    import numpy as np
+
+    out = []
+    keys = sorted({(r["budget"], r["criterion"], r["allocation"], r["recovery"]) for r in rows})
+    for key in keys:
+        cell = [r for r in rows if (r["budget"], r["criterion"], r["allocation"], r["recovery"]) == key]
+        met = [r for r in cell if r["budget_met"]]
+        out.append({"budget": key[0], "criterion": key[1], "allocation": key[2], "recovery": key[3],
+                    "runs": len(cell), "met": len(met),
+                    "accuracy_mean": float(np.mean([r["accuracy"] for r in met])) if met else None,
+                    "accuracy_std": float(np.std([r["accuracy"] for r in met])) if met else None,
+                    "latency_ratio_mean": float(np.mean([r["latency_ratio"] for r in cell]))})
+    return out
+
+
+def print_tables(rows, policies, summary) -> None:
+    print(f"\n{'budget':>6} {'criterion':>10} {'allocation':>11} {'recovery':>8} {'met':>5} {'accuracy':>16} {'latency':>8}")
+    for s in summary:
+        acc = "-" if s["accuracy_mean"] is None else f"{s['accuracy_mean']:.2f} +- {s['accuracy_std']:.2f}"
+        print(f"{s['budget']:>6} {s['criterion']:>10} {s['allocation']:>11} {'on' if s['recovery'] else 'off':>8} "
+              f"{s['met']}/{s['runs']:<3} {acc:>16} {s['latency_ratio_mean']:>8.3f}")
+    if policies:
+        print(f"\n{'case':>26} {'seed':>4} {'met':>5} {'accuracy':>9} {'base':>6} {'MACs red.':>9} {'params red.':>11} {'weights MB':>10}")
+        for p in policies:
+            print(f"{p['case']:>26} {p['seed']:>4} {str(p['budget_met']):>5} {p['accuracy']:>9.2f} "
+                  f"{p['baseline_accuracy']:>6.2f} {p['macs_reduction']:>8.2f}x {p['params_reduction']:>10.2f}x "
+                  f"{p['weights_mb']:>10.3f}")
+
+
+def plot(rows, path: Path) -> None:
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(7, 4))
+    ax = fig.subplots()
+    for (crit, alloc, rec) in sorted({(r["criterion"], r["allocation"], r["recovery"]) for r in rows}):
+        pts = sorted((r["latency_ratio"], r["accuracy"]) for r in rows
+                     if (r["criterion"], r["allocation"], r["recovery"]) == (crit, alloc, rec) and r["budget_met"])
+        if pts:
+            ax.plot(*zip(*pts), marker="o", label=f"{crit}/{alloc}{'' if rec else ' (no recovery)'}")
+    ax.set_xlabel("measured latency / unpruned (ONNX Runtime CPU)")
+    ax.set_ylabel("accuracy of the ONNX artifact (%)")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+if __name__ == "__main__":
+    main()

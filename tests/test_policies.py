@@ -1,0 +1,197 @@
+"""Issue-3 policies: accuracy-critical (adaptive steps, revert-and-retry), memory-constrained, auto and combined
+budgets; per-layer allocation; distillation."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from conftest import RESNET_SHAPE
+from edgeprune.config import BuildConfig
+from edgeprune.errors import BudgetNotMet, ConfigError
+from edgeprune.pipeline.policy import AccuracyCriticalPolicy, Attempt, Step, Stop, choose_fastest
+from edgeprune.pruning.allocation import Allocator
+from edgeprune.pruning.prune import prunable_widths, round_width
+
+EXAMPLE = torch.zeros(1, *RESNET_SHAPE)
+
+
+def fine(r: float):
+    return round(r * 100)
+
+
+def acc_attempt(ratio, accuracy, baseline=99.0, tol=0.5, latency=None):
+    return Attempt(ratio, latency if latency is not None else 1 - ratio, baseline - accuracy <= tol, fine(ratio),
+                   accuracy)
+
+
+# -- config: which policy the budgets ask for -------------------------------------------------------------------
+
+@pytest.mark.parametrize("kwargs, policy", [
+    ({}, "latency-sensitive"),
+    ({"max_accuracy_drop": 0.5}, "accuracy-critical"),
+    ({"memory_budget_mb": 1.0}, "memory-constrained"),
+    ({"latency_budget": "0.5x", "memory_budget_mb": 1.0}, "latency-sensitive"),
+    ({"latency_budget": "0.5x", "max_accuracy_drop": 1.0}, "latency-sensitive"),
+    ({"policy": "accuracy-critical"}, "accuracy-critical"),
+])
+def test_auto_policy_from_budgets(kwargs, policy):
+    assert BuildConfig(**kwargs).effective_policy == policy
+
+
+def test_policy_defaults_and_refusals():
+    assert BuildConfig().latency_budget == "0.5x"
+    assert BuildConfig(max_accuracy_drop=1.0).latency_budget is None  # accuracy alone is no latency build
+    assert BuildConfig(policy="accuracy-critical").max_accuracy_drop == 0.5
+    with pytest.raises(ConfigError, match="memory-budget-mb"):
+        BuildConfig(policy="memory-constrained")
+    for bad in ({"max_accuracy_drop": -1}, {"memory_budget_mb": 0}, {"memory_budget_mb": "lots"},
+                {"allocation": "magic"}, {"policy": "fastest"}, {"memory_metric": "disk"}):
+        with pytest.raises(ConfigError):
+            BuildConfig(**bad)
+
+
+# -- accuracy-critical: adaptive steps -------------------------------------------------------------------------
+
+def test_accuracy_critical_steps_grow_with_margin_and_revert_on_failure():
+    p = AccuracyCriticalPolicy(0.5, 99.0, 10, fine, first=0.2)
+    first = p.first_step()
+    assert isinstance(first, Step) and first.ratio == pytest.approx(0.2, abs=0.01)
+    # no accuracy lost: the next step is larger than the first
+    h = [acc_attempt(0.2, 99.0)]
+    s = p.next_step(h)
+    assert isinstance(s, Step) and s.ratio - 0.2 > 0.2
+    # that step breaks the tolerance: back to 0.2, half the failed step
+    h.append(acc_attempt(s.ratio, 97.0))
+    s2 = p.next_step(h)
+    assert isinstance(s2, Step) and 0.2 < s2.ratio < h[-1].ratio
+    assert s2.ratio == pytest.approx(0.2 + (h[-1].ratio - 0.2) / 2, abs=0.02)
+    assert "back to" in s2.reason
+
+
+def test_accuracy_critical_small_margin_gives_small_step():
+    p = AccuracyCriticalPolicy(0.5, 99.0, 10, fine, first=0.2)
+    wide = p.next_step([acc_attempt(0.2, 99.0)])
+    narrow = p.next_step([acc_attempt(0.2, 98.6)])  # 0.4 of 0.5 points used
+    assert narrow.ratio - 0.2 < wide.ratio - 0.2
+
+
+def test_accuracy_critical_stops_when_the_boundary_is_located():
+    p = AccuracyCriticalPolicy(0.5, 99.0, 10, fine, min_step=0.02)
+    stop = p.next_step([acc_attempt(0.40, 99.0), acc_attempt(0.41, 90.0)])
+    assert isinstance(stop, Stop) and stop.budget_met and "boundary" in stop.reason
+
+
+def test_accuracy_critical_never_met_and_cap():
+    p = AccuracyCriticalPolicy(0.5, 99.0, 2, fine)
+    stop = p.next_step([acc_attempt(0.3, 50.0), acc_attempt(0.15, 60.0)])
+    assert isinstance(stop, Stop) and not stop.budget_met
+
+
+def test_choose_fastest_ignores_attempts_beyond_tolerance():
+    h = [acc_attempt(0.2, 99.0, latency=0.8), acc_attempt(0.5, 98.8, latency=0.5), acc_attempt(0.7, 90.0, latency=0.3)]
+    assert choose_fastest(h) == 1
+
+
+# -- allocation ------------------------------------------------------------------------------------------------
+
+def test_uniform_allocation_is_round_width(resnet20_base):
+    a = Allocator(resnet20_base, EXAMPLE, 8, "uniform")
+    full = prunable_widths(resnet20_base, EXAMPLE)
+    assert a.widths(0.5) == {n: round_width(c, 0.5, 8) for n, c in full.items()}
+    assert a.widths(0.0) == full
+
+
+def test_global_allocation_prunes_unevenly_and_monotonically(resnet20_base):
+    a = Allocator(resnet20_base, EXAMPLE, 4, "global")
+    full = prunable_widths(resnet20_base, EXAMPLE)
+    totals = [sum(a.widths(r).values()) for r in (0.0, 0.2, 0.4, 0.6)]
+    assert totals[0] == sum(full.values())
+    assert all(x >= y for x, y in zip(totals, totals[1:])) and totals[-1] < totals[0]
+    w = a.widths(0.5)
+    fractions = {n: w[n] / full[n] for n in full}
+    assert len(set(round(f, 2) for f in fractions.values())) > 1  # not one ratio for all
+    assert all(v % 4 == 0 and v >= 4 for v in w.values())
+
+
+def test_sensitivity_allocation_spares_sensitive_groups(resnet20_base):
+    # a fake accuracy: damaging conv1's group (the stem, coupled to layer1's residual stream) costs 30 points,
+    # anything else nothing; the allocation must prune that group less than the others.
+    full = prunable_widths(resnet20_base, EXAMPLE)
+
+    def evaluate(model):
+        return 99.0 - (30.0 if model.conv1.out_channels < full["conv1"] else 0.0)
+
+    a = Allocator(resnet20_base, EXAMPLE, 4, "sensitivity", evaluate=evaluate)
+    assert a.sensitivity["conv1"] == pytest.approx(30.0)
+    w = a.widths(0.5)
+    others = [w[n] / full[n] for n in full if n != "conv1"]
+    assert w["conv1"] / full["conv1"] > max(others)
+
+
+def test_sensitivity_allocation_needs_data(resnet20_base):
+    with pytest.raises(ConfigError, match="sensitivity"):
+        Allocator(resnet20_base, EXAMPLE, 4, "sensitivity")
+
+
+# -- end to end (small, fast builds) ---------------------------------------------------------------------------
+
+FAST = dict(model="resnet20", input_shape=(1, 16, 16), train_epochs=1, finetune_epochs=1, measure_blocks=2,
+            measure_iters=20)
+
+
+@pytest.fixture
+def fast(tmp_path, edgeprune_cache):
+    return lambda **kw: BuildConfig(**{**FAST, "out": str(tmp_path / "out"), **kw})
+
+
+@pytest.mark.slow
+def test_memory_constrained_build_meets_half_the_weights(fast):
+    import edgeprune
+
+    probe = edgeprune.build(fast(latency_budget="10x", out=fast().out + "-probe"))
+    base_mb = probe.report["iterations"][0]["memory"]["weights_bytes"] / 2**20
+    result = edgeprune.build(fast(memory_budget_mb=round(base_mb * 0.5, 4), max_iterations=4))
+    r = result.report
+    assert r["policy"] == "memory-constrained" and r["budget_met"]
+    assert r["constraints"]["memory"]["final_mb"] <= base_mb * 0.5
+    assert r["final"]["accuracy"] is not None
+    assert all(set(it["checks"]) == {"memory"} for it in r["iterations"])
+
+
+@pytest.mark.slow
+def test_accuracy_critical_build_reports_its_policy_and_tolerance(fast):
+    import edgeprune
+
+    result = edgeprune.build(fast(max_accuracy_drop=100.0, max_iterations=2))  # any accuracy is within 100
+    r = result.report
+    assert r["policy"] == "accuracy-critical" and r["budget"] is None and r["budget_met"]
+    assert r["constraints"]["accuracy"]["max_drop"] == 100.0
+    assert r["final"]["macs"] < r["iterations"][0]["macs"]
+
+
+@pytest.mark.slow
+def test_unmeetable_combination_keeps_the_best_attempt_marked(fast):
+    import edgeprune
+
+    cfg = fast(latency_budget="0.3x", max_accuracy_drop=0.0, finetune_epochs=0, max_iterations=2)
+    with pytest.raises(BudgetNotMet) as info:
+        edgeprune.build(cfg)
+    report = json.loads((info.value.result.out / "report.json").read_text())
+    assert report["budget_met"] is False
+    assert set(report["constraints"]) == {"latency", "accuracy"}
+    assert "no attempt meets every constraint" in report["stop_reason"]
+
+
+def test_accuracy_tolerance_without_scorable_data_is_refused(fast, tmp_path):
+    import edgeprune
+
+    factory = tmp_path / "net.py"
+    factory.write_text("import torch.nn as nn\n"
+                       "def make():\n"
+                       "    return nn.Sequential(nn.Conv2d(1, 8, 3), nn.BatchNorm2d(8), nn.ReLU(),\n"
+                       "                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 3))\n")
+    with pytest.raises(ConfigError, match="accuracy tolerance"):
+        edgeprune.build(fast(model=f"{factory}:make", max_accuracy_drop=0.5))
+    assert not (tmp_path / "out").exists()
