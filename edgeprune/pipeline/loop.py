@@ -141,7 +141,7 @@ class _Build:
         assert isinstance(step, Stop)
         final_idx, budget_met, reason = self._choose(baseline, policy, step)
         self.iterations[final_idx]["selected"] = True
-        return self._write(final_idx, budget_met, reason, policy.name)
+        return self._write(final_idx, budget_met, reason, policy_name)
 
     def _choose(self, baseline: dict, policy, stop: Stop) -> tuple[int, bool, str]:
         """The attempt to ship: meeting every constraint, best by the policy's objective; else the closest."""
