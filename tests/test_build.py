@@ -440,7 +440,7 @@ BAD_INPUTS = {
     "malformed budget": (ConfigError, lambda tmp: {"latency_budget": "fast"}),
     "zero budget": (ConfigError, lambda tmp: {"latency_budget": "0x"}),
     "negative budget": (ConfigError, lambda tmp: {"latency_budget": "-1ms"}),
-    "no budget": (ConfigError, lambda tmp: {"latency_budget": None}),
+    "memory policy without a memory budget": (ConfigError, lambda tmp: {"policy": "memory-constrained"}),
     "unknown data": (ConfigError, lambda tmp: {"data": "mnist"}),
     "corrupt weights": (ModelLoadError, lambda tmp: {"weights": _garbage_weights(tmp)}),
     "weights of another model": (ModelLoadError, lambda tmp: {"weights": _mismatched_weights(tmp)}),

@@ -216,7 +216,7 @@ def test_build_prints_one_summary_line(tmp_path):
     assert result.exit_code == 0, (result.stderr, result.exception)
     lines = result.stdout.splitlines()
     assert len(lines) == 1
-    assert lines[0].startswith("budget met: ")
+    assert lines[0].startswith("budget met (latency-sensitive): ")
     assert lines[0].endswith(f"-> {out.resolve()}")
     assert "profile" in result.stderr  # progress goes to stderr, not stdout
 

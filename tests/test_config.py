@@ -63,8 +63,9 @@ def test_defaults_are_valid():
     assert cfg.percentile in PERCENTILES
 
 
-def test_budget_none_allowed():
-    assert BuildConfig(latency_budget=None).budget is None
+def test_budget_none_means_the_default_unless_another_budget_is_given():
+    assert BuildConfig(latency_budget=None).latency_budget == "0.5x"
+    assert BuildConfig(latency_budget=None, max_accuracy_drop=0.5).budget is None
 
 
 @pytest.mark.parametrize("changes, fragment", [
