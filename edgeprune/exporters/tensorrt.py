@@ -15,7 +15,6 @@ OnnxParser, IInt8EntropyCalibrator2) and the 8.x->10.x and 10.x->11.x migration 
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -29,6 +28,7 @@ from typing import Any, Iterable, Iterator, Sequence
 import numpy as np
 
 from ..errors import ConfigError, EdgepruneError, RuntimeUnavailable
+from ..pipeline.artifacts import sha256_file
 
 log = logging.getLogger(__name__)
 _LOG = log  # build_engine's `log` parameter shadows the module logger
@@ -371,14 +371,6 @@ def inspect_onnx(onnx_path: Path) -> OnnxInfo:
                 or any(i.type.tensor_type.elem_type == half for i in model.graph.input))
     return OnnxInfo(first.name, dims, bool(ops & {"QuantizeLinear", "DequantizeLinear"}), has_fp16,
                     sha256_file(onnx_path))
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def rechunk(batches: Iterable[np.ndarray], batch_size: int) -> Iterator[np.ndarray]:

@@ -20,7 +20,7 @@ from typing import Any
 from ..errors import ConfigError
 from ..pipeline.artifacts import MANIFEST, file_hashes, verify_manifest, write_json
 from . import plots
-from .markdown import render_report, verdict_text
+from .markdown import _m, _num, _pct, render_report, verdict_text
 
 log = logging.getLogger(__name__)
 
@@ -197,18 +197,6 @@ def _write_text_atomic(path: Path, text: str) -> None:
 
 def _e(x: Any) -> str:
     return html.escape(str(x))
-
-
-def _m(n: float) -> str:
-    return f"{n / 1e6:.2f}M" if n >= 1e6 else f"{n / 1e3:.1f}k"
-
-
-def _pct(x: float | None) -> str:
-    return "n/a" if x is None else f"{x:.2f}%"
-
-
-def _num(x: float | None) -> str:
-    return "n/a" if x is None else f"{x:.1f}"
 
 
 def _int(x: float | None) -> str:
