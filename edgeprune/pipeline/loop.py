@@ -228,7 +228,7 @@ class _Build:
         if self.prep.accuracy_available is not None:
             raise ConfigError(f"an accuracy tolerance needs labeled data the model can be scored on: "
                               f"{self.prep.accuracy_available}")
-        torch_acc = stages.torch_accuracy(self.prep.model.module, self.prep.data)
+        torch_acc = accuracy_torch(self.prep.model.module, self.prep.data)
         baseline["accuracy_torch"] = torch_acc
         if torch_acc - baseline["accuracy"] > cfg.max_accuracy_drop:
             raise ParityError(f"the unpruned model's ONNX artifact already scores {baseline['accuracy']:.2f}% "

@@ -16,13 +16,13 @@ from torch import nn
 
 from ..config import BuildConfig
 from ..data import DataBundle, load_data
-from ..errors import ConfigError, ParityError
+from ..errors import ParityError
 from ..exporters.onnx import ExportResult, Parity, check_parity, export_onnx
 from ..models import LoadedModel, load_model
 from ..models.zoo import ZOO
 from ..profiling.devices import DeviceSpec, HostInfo, detect_host, measurable_here, resolve_device
 from ..profiling.runners import Deployed, Runner, get_runner
-from ..pruning.recover import accuracy_torch, finetune, recalibrate_bn, train
+from ..pruning.recover import finetune, recalibrate_bn, train
 
 log = logging.getLogger(__name__)
 
@@ -160,14 +160,3 @@ def accuracy_stage(runner: Runner, deployed: Deployed, data: DataBundle, batch: 
         correct += int((np.argmax(out, 1) == y.numpy()).sum())
         n += len(y)
     return 100.0 * correct / max(n, 1)
-
-
-def torch_accuracy(model: nn.Module, data: DataBundle) -> float:
-    return accuracy_torch(model, data)
-
-
-def check_budget_sane(config: BuildConfig) -> None:
-    b = config.budget
-    if b is None:
-        raise ConfigError("the latency-sensitive policy needs a budget: --latency-budget 0.5x or "
-                          "--latency-budget-ms 2.0")

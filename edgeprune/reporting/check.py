@@ -624,7 +624,7 @@ def render_markdown(result: dict[str, Any]) -> str:
         lines += [f"`{result['new_path']}` vs baseline `{result['baseline_path']}`", "",
                   f"**{_md(result['error'] or 'cannot compare')}**", ""]
         return "\n".join(lines)
-    n, b = result["new"], result["baseline"]
+    n = result["new"]
     mode = ("latency re-measured on this machine, both artifacts interleaved"
             if result["mode"] == "remeasured" else "latency from the stored reports")
     lines += [f"`{result['new_path']}` vs baseline `{result['baseline_path']}`: {n['model']} on {n['device']}, "
