@@ -365,3 +365,14 @@ def test_first_step_never_rebuilds_the_unpruned_model():
     step = p.first_step()
     assert isinstance(step, Step)
     assert resnet20_widths_at_16(step.ratio) != resnet20_widths_at_16(0.0)
+
+
+def test_extrapolation_falls_back_to_the_deepest_step_when_nothing_else_is_new():
+    # widths stop changing above ratio 0.6 except at the deepest step (half a multiple): an attempt at 0.63 over
+    # budget must lead to the deepest step, not to "nothing reachable".
+    def coarse(r):
+        return "deepest" if r >= 0.98 else min(round(r, 1), 0.6)
+
+    p = LatencySensitivePolicy(0.5, 6, signature=coarse)
+    step = p.next_step([Attempt(0.63, 0.503, False, coarse(0.63))])
+    assert isinstance(step, Step) and step.ratio == pytest.approx(0.98)

@@ -92,10 +92,12 @@ class LatencySensitivePolicy:
         k = _exponent(lo.ratio, lo.latency_ratio) or self.initial_k
         r = 1.0 - goal ** (1.0 / k)
         r = max(r, lo.ratio + 0.1 * (1.0 - lo.ratio))  # move at least a tenth of what is left
+        deepest = None if self.signature(self.max_ratio) in seen else Step(self.max_ratio,
+                                                                            "deepest pruning the model allows")
         if r >= self.max_ratio:
-            deepest = Step(self.max_ratio, "deepest pruning the model allows")
-            return deepest if self.signature(self.max_ratio) not in seen else None
-        return self._unseen(r, lo.ratio, self.max_ratio, seen, f"extrapolated with latency ~ width^{k:.2f}")
+            return deepest
+        # nothing new below the deepest step (widths already at one multiple): the deepest is what is left
+        return self._unseen(r, lo.ratio, self.max_ratio, seen, f"extrapolated with latency ~ width^{k:.2f}") or deepest
 
     def _interpolate(self, lo: Attempt | None, hi: Attempt, goal: float, seen: set) -> Step | None:
         lo_r, lo_lat = (lo.ratio, lo.latency_ratio) if lo else (0.0, 1.0)
