@@ -195,3 +195,12 @@ def test_trtexec_runner_end_to_end(needs_trtexec, tiny_model, tmp_path):
     assert stats.n == 40 and stats.blocks == 2 and stats.min > 0
     assert stats.extra["data_transfers"] is False and stats.extra["spin_wait"] is True
     np.testing.assert_allclose(runner.infer(dep, batch[:2]), reference[:2], rtol=2e-2, atol=2e-2)
+
+
+@pytest.mark.parametrize("name", ["tensorrt", "trtexec", "torch-cuda"])
+def test_the_loops_runner_options_do_not_break_gpu_runners(name):
+    # the loop builds every runner with threads= and seed=; runners that take neither must still construct
+    from edgeprune.profiling.runners import get_runner
+
+    runner = get_runner(name, require_available=False, threads=1, seed=0)
+    assert runner.name == name

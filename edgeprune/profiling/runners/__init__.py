@@ -3,6 +3,7 @@ is missing (TensorRT on a CPU host) degrades to a clear message instead of break
 from __future__ import annotations
 
 import importlib
+import inspect
 from typing import Any
 
 from ...errors import ConfigError, RuntimeUnavailable
@@ -22,7 +23,13 @@ def get_runner(name: str, *, require_available: bool = True, **options: Any) -> 
     if name not in RUNNERS:
         raise ConfigError(f"unknown runner {name!r}: known runners are {', '.join(RUNNERS)}")
     module, cls, defaults = RUNNERS[name]
-    runner = getattr(importlib.import_module(module), cls)(**{**defaults, **options})
+    runner_cls = getattr(importlib.import_module(module), cls)
+    # The loop passes the same options to every runner; one that has no use for an option (threads mean
+    # nothing to TensorRT) does not take it.
+    accepted = inspect.signature(runner_cls).parameters
+    if not any(p.kind is p.VAR_KEYWORD for p in accepted.values()):
+        options = {k: v for k, v in options.items() if k in accepted}
+    runner = runner_cls(**{**defaults, **options})
     runner.name = name
     if require_available:
         why = runner.available()
