@@ -32,6 +32,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from edgeprune.profiling.devices import _cpu_model as cpu_model  # noqa: E402
 from edgeprune.profiling.stats import paired_ratio  # noqa: E402
 from edgeprune.reporting.check import METRICS, parse_threshold, remeasure_latency  # noqa: E402
 
@@ -197,7 +198,7 @@ def main(argv: list[str] | None = None) -> int:
     out = {
         "benchmark": "check_noise", "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
-        "host": {"machine": platform.machine(), "cpu": _cpu_model(), "python": platform.python_version()},
+        "host": {"machine": platform.machine(), "cpu": cpu_model(), "python": platform.python_version()},
         "runner": runner.describe(), "threshold": threshold.to_dict(),
         "rule": "regression if low > limit; pass if high <= limit; else re-measure with twice the blocks and "
                 "flag iff ratio > limit and low > 1",
@@ -226,16 +227,6 @@ def _wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
     c = (p + z * z / (2 * n)) / d
     h = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / d
     return max(0.0, c - h), min(1.0, c + h)
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor()
 
 
 if __name__ == "__main__":

@@ -175,15 +175,7 @@ class BuildConfig:
 
     @classmethod
     def from_yaml(cls, path: str | Path, **overrides: Any) -> "BuildConfig":
-        path = Path(path)
-        try:
-            raw = yaml.safe_load(path.read_text()) or {}
-        except FileNotFoundError:
-            raise ConfigError(f"config file {path} does not exist") from None
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"config file {path} is not valid YAML: {str(exc).splitlines()[0]}") from None
-        if not isinstance(raw, dict):
-            raise ConfigError(f"config file {path} must hold a mapping of option: value")
+        raw = load_yaml_mapping(Path(path), "config file")
         return cls.from_dict({**raw, **{k: v for k, v in overrides.items() if v is not None}})
 
     @classmethod
@@ -196,6 +188,19 @@ class BuildConfig:
         if isinstance(clean.get("input_shape"), str):
             clean["input_shape"] = parse_shape(clean["input_shape"])
         return cls(**clean)
+
+
+def load_yaml_mapping(path: Path, what: str) -> dict[str, Any]:
+    """A YAML file holding option: value pairs, or a ConfigError naming `what` and the problem."""
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except FileNotFoundError:
+        raise ConfigError(f"{what} {path} does not exist") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{what} {path} is not valid YAML: {str(exc).splitlines()[0]}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{what} {path} must hold a mapping of option: value")
+    return raw
 
 
 def _as_int(name: str, value: Any) -> int:

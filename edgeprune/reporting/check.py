@@ -173,16 +173,9 @@ class CheckOptions:
 
 
 def _load_check_yaml(path: Path, known: set[str]) -> dict[str, Any]:
-    import yaml
+    from ..config import load_yaml_mapping
 
-    try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except FileNotFoundError:
-        raise ConfigError(f"check config {path} does not exist") from None
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"check config {path} is not valid YAML: {str(exc).splitlines()[0]}") from None
-    if not isinstance(raw, dict):
-        raise ConfigError(f"check config {path} must hold a mapping of option: value")
+    raw = load_yaml_mapping(path, "check config")
     clean = {str(k).replace("-", "_"): v for k, v in raw.items()}
     unknown = sorted(set(clean) - known)
     if unknown:
