@@ -129,14 +129,14 @@ class _Build:
         step = policy.first_step()
         while isinstance(step, Step):
             record = self._attempt(len(searched) + 1, step)
-            sig = self._signature(record["ratio"])
+            sig = self._signature(step.ratio)  # the exact ratio: the report rounds it
             deepest = sig == self._signature(policy.max_ratio)
             if isinstance(policy, AccuracyCriticalPolicy):
-                searched.append(Attempt(record["ratio"], record["latency_ratio"]["ratio"], record["budget_met"],
+                searched.append(Attempt(step.ratio, record["latency_ratio"]["ratio"], record["budget_met"],
                                         sig, record["accuracy"], deepest))
             else:
                 bounds_met = all(record["checks"][k] for k in bound_targets)
-                searched.append(Attempt(record["ratio"], self._cost(record, bound_targets), bounds_met, sig,
+                searched.append(Attempt(step.ratio, self._cost(record, bound_targets), bounds_met, sig,
                                         record["accuracy"], deepest))
             step = policy.next_step(searched)
         assert isinstance(step, Stop)
