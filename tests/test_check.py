@@ -329,7 +329,10 @@ def onnx_pair(tmp_path_factory):
 def test_remeasure_same_artifact_passes(tmp_path, onnx_pair):
     small, _ = onnx_pair
     art = write_artifact(tmp_path / "a", make_report(input_shape=SHAPE), small)
-    res = run(art, art, "--remeasure", "--json", *FAST)
+    # FAST timing (4 blocks of 20 runs) on a loaded 2-core machine can stray past 10% for identical files; the
+    # false-alarm rate at the default threshold is benchmarks/check_noise.py's business, not a unit test's.
+    res = run(art, art, "--remeasure", "--json", "--max-latency-increase", "50%", "--max-latency-p90-increase", "50%",
+              *FAST)
     assert res.exit_code == 0, res.output
     out = as_json(res)
     assert out["mode"] == "remeasured" and out["remeasure"]["runner"]["threads"] == 1
