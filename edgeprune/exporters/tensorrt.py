@@ -337,6 +337,26 @@ def stale_reason(meta: EngineMetadata | None, onnx_sha256: str, options: BuildOp
     return None
 
 
+def rebuild_reason(engine_path: Path, onnx_sha256: str, options: BuildOptions,
+                   trt_version: str | Sequence[int], device_identity, rebuild: bool = False
+                   ) -> tuple[EngineMetadata | None, str | None]:
+    """The engine's sidecar and why it must be (re)built; None as the reason means reuse it. `device_identity()`
+    gives (GPU name, compute capability) and is asked only when the engine is otherwise reusable."""
+    meta = read_metadata(engine_path) if engine_path.exists() else None
+    if rebuild:
+        return meta, "a rebuild was asked for"
+    if not engine_path.exists():
+        return meta, "there is no engine yet"
+    reason = stale_reason(meta, onnx_sha256, options)
+    if reason is None:
+        gpu, cc = device_identity()
+        try:
+            check_engine_compatible(meta, trt_version, gpu, cc)
+        except EdgepruneError as exc:
+            reason = exc.message
+    return meta, reason
+
+
 # ---------------------------------------------------------------------------------------------------------
 # The ONNX side
 # ---------------------------------------------------------------------------------------------------------
@@ -629,6 +649,7 @@ def _make_calibrator(trt, batches: Iterator[np.ndarray], batch_shape: tuple[int,
 __all__ = [
     "PRECISIONS", "BuildOptions", "BuildPlan", "EngineMetadata", "OnnxInfo", "atomic_write_bytes", "build_engine",
     "check_engine_compatible", "cuda_device_identity", "import_tensorrt", "inspect_onnx", "metadata_path",
-    "parse_trt_version", "plan_build", "profile_shapes", "read_metadata", "rechunk", "sha256_file", "stale_reason",
+    "parse_trt_version", "plan_build", "profile_shapes", "read_metadata", "rebuild_reason", "rechunk", "sha256_file",
+    "stale_reason",
     "tensorrt_logger", "version_str", "write_metadata",
 ]

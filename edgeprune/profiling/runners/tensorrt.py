@@ -14,9 +14,9 @@ from typing import Any, Iterable
 import numpy as np
 
 from ...errors import EdgepruneError
-from ...exporters.tensorrt import (MIN_SUPPORTED, BuildOptions, EngineMetadata, build_engine, check_engine_compatible,
-                                   cuda_device_identity, import_tensorrt, inspect_onnx, parse_trt_version,
-                                   read_metadata, stale_reason, tensorrt_logger, version_str)
+from ...exporters.tensorrt import (MIN_SUPPORTED, BuildOptions, EngineMetadata, build_engine, cuda_device_identity,
+                                   import_tensorrt, inspect_onnx, parse_trt_version, rebuild_reason,
+                                   tensorrt_logger, version_str)
 from ..stats import LatencyStats, summarize
 from .base import Deployed, Runner, run_static_batches
 from .torch_cuda import interleave_blocks, numpy_to_torch_dtype
@@ -119,19 +119,8 @@ class TensorRTRunner(Runner):
     # -- helpers ---------------------------------------------------------------------------------------------
     def _engine_for(self, trt, onnx_path: Path, engine_path: Path) -> EngineMetadata:
         """Reuse the engine in `engine_path` when it was built from this ONNX, these options and for this device."""
-        meta = read_metadata(engine_path) if engine_path.exists() else None
-        if self.rebuild:
-            reason = "a rebuild was asked for"
-        elif not engine_path.exists():
-            reason = "there is no engine yet"
-        else:
-            reason = stale_reason(meta, inspect_onnx(onnx_path).sha256, self.options)
-        if reason is None:
-            gpu, cc = cuda_device_identity(self.device)
-            try:
-                check_engine_compatible(meta, trt.__version__, gpu, cc)
-            except EdgepruneError as exc:
-                reason = exc.message
+        meta, reason = rebuild_reason(engine_path, inspect_onnx(onnx_path).sha256, self.options, trt.__version__,
+                                      lambda: cuda_device_identity(self.device), self.rebuild)
         if reason is None:
             log.info("reusing %s", engine_path)
             return meta

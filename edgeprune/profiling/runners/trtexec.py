@@ -27,9 +27,9 @@ from typing import Any, Collection, Sequence
 import numpy as np
 
 from ...errors import EdgepruneError, RuntimeUnavailable
-from ...exporters.tensorrt import (BuildOptions, BuildPlan, EngineMetadata, OnnxInfo, check_engine_compatible,
-                                   cuda_device_identity, inspect_onnx, parse_trt_version, plan_build, read_metadata,
-                                   stale_reason, version_str, write_metadata)
+from ...exporters.tensorrt import (BuildOptions, BuildPlan, EngineMetadata, OnnxInfo, cuda_device_identity,
+                                   inspect_onnx, parse_trt_version, plan_build, rebuild_reason, version_str,
+                                   write_metadata)
 from ..devices import TRTEXEC_PATHS
 from ..stats import LatencyStats, summarize
 from .base import Deployed, Runner, run_static_batches
@@ -164,15 +164,8 @@ class TrtexecRunner(Runner):
 
     # -- helpers ---------------------------------------------------------------------------------------------
     def _engine_for(self, onnx_path: Path, engine_path: Path, info: OnnxInfo, version, flags) -> EngineMetadata:
-        meta = read_metadata(engine_path) if engine_path.exists() else None
-        reason = ("a rebuild was asked for" if self.rebuild else "there is no engine yet" if not engine_path.exists()
-                  else stale_reason(meta, info.sha256, self.options))
-        if reason is None:
-            gpu, cc = cuda_device_identity()
-            try:
-                check_engine_compatible(meta, version, gpu, cc)
-            except EdgepruneError as exc:
-                reason = exc.message
+        meta, reason = rebuild_reason(engine_path, info.sha256, self.options, version, cuda_device_identity,
+                                      self.rebuild)
         if reason is None:
             log.info("reusing %s", engine_path)
             return meta
