@@ -272,7 +272,7 @@ class _Build:
                 [self.exports[index].deployed, self.exports[0].deployed], warmup, iters, blocks * 2)
             ratio = paired_ratio(cand, base)
         record = self._record(index, step.ratio, step.reason, model, cand, (base, ratio), recovery,
-                              widths=pruned.widths_after)
+                              widths=pruned.widths_after, evaluate=False)
         if self._worth_finetuning(record):
             # Fine-tuning changes weight values, not the graph: the latency measured above stands for it, and
             # the shipped artifact is timed again at the end. An attempt over its latency or memory budget can
@@ -287,9 +287,11 @@ class _Build:
             self.exports[index] = self._export(model, index, "finetuned")
             self.iterations.pop()
             record = self._record(index, step.ratio, step.reason, model, cand, (base, ratio), recovery,
-                                  widths=pruned.widths_after)
-        elif cfg.finetune_epochs > 0 and self.prep.accuracy_available is None:
-            record["recovery"]["note"] = "not fine-tuned: over a latency or memory budget, so it cannot ship"
+                                  widths=pruned.widths_after, memory=record["memory"])  # same graph, same bytes
+        else:
+            self._evaluate(record)
+            if cfg.finetune_epochs > 0 and self.prep.accuracy_available is None:
+                record["recovery"]["note"] = "not fine-tuned: over a latency or memory budget, so it cannot ship"
         record["remeasured"] = remeasured
         record["checks"] = self._checks(record, record["latency_ratio"]["ratio"])
         record["budget_met"] = all(record["checks"].values())
@@ -321,28 +323,22 @@ class _Build:
     def _signature(self, ratio: float) -> tuple[int, ...]:
         return tuple(self.allocator.widths(ratio).values())
 
-    def _record(self, index, ratio, reason, model, stats, paired, recovery, widths=None) -> dict[str, Any]:
+    def _record(self, index, ratio, reason, model, stats, paired, recovery, widths=None, memory=None,
+                evaluate=True) -> dict[str, Any]:
+        """The iteration's entry in the report. `memory` reuses what was measured for the same graph;
+        `evaluate=False` leaves the accuracy for `_evaluate` (an attempt that is about to be fine-tuned)."""
         cfg = self.config
         cost = model_cost(model, self.prep.model.input_shape)
         exported = self.exports[index]
-        acc = None
-        if self.prep.accuracy_available is None:
-            acc = stages.accuracy_stage(self.prof.runner, exported.deployed, self.prep.data)
-        if index == 0 or cfg.memory_metric == "peak":
-            memory = self.prof.runner.memory(exported.deployed)
-        else:  # the runtime's peak takes a fresh process: measured for the baseline and the shipped artifact
-            memory = {"weights_bytes": onnx_weight_bytes(exported.export.path), "peak_mb": None,
-                      "peak_source": "not measured for this attempt (only for the baseline and the shipped one)"}
-        if memory.get("weights_bytes") is None:  # a runner that cannot read weights: count the ONNX's
-            memory = {**memory, "weights_bytes": onnx_weight_bytes(exported.export.path)}
+        memory = memory if memory is not None else self._memory(index, exported)
         latency = stats.percentile(cfg.percentile)
         rec: dict[str, Any] = {
             "index": index, "kind": "baseline" if index == 0 else "attempt", "ratio": round(ratio, 4),
             "step_reason": reason, "widths": widths or dict(self.full_widths), "params": cost.params,
             "macs": cost.macs, "param_bytes": cost.param_bytes, "latency_ms": latency,
             "latency": stats.to_dict(), "latency_ratio": None, "baseline_latency_paired": None,
-            "budget_met": None, "memory": memory, "accuracy": acc, "accuracy_source": "onnx artifact (val split)"
-            if acc is not None else self.prep.accuracy_available, "parity": exported.parity.to_dict(),
+            "budget_met": None, "memory": memory, "accuracy": None, "accuracy_source": self.prep.accuracy_available,
+            "parity": exported.parity.to_dict(),
             "export": {k: v for k, v in exported.export.to_dict().items() if k != "path"},
             "recovery": recovery, "selected": False, "elapsed_s": round(time.perf_counter() - self.t0, 2),
         }
@@ -350,9 +346,28 @@ class _Build:
             base_stats, ratio_obj = paired
             rec["latency_ratio"] = ratio_obj.to_dict()
             rec["baseline_latency_paired"] = base_stats.to_dict()
+        if evaluate:
+            self._evaluate(rec)
         rec["summary"] = self._summary(rec)
         self.iterations.append(rec)
         return rec
+
+    def _memory(self, index: int, exported: stages.Exported) -> dict[str, Any]:
+        if index == 0 or self.config.memory_metric == "peak":
+            memory = self.prof.runner.memory(exported.deployed)
+        else:  # the runtime's peak takes a fresh process: measured for the baseline and the shipped artifact
+            memory = {"weights_bytes": None, "peak_mb": None,
+                      "peak_source": "not measured for this attempt (only for the baseline and the shipped one)"}
+        if memory.get("weights_bytes") is None:  # also for a runner that cannot read weights: count the ONNX's
+            memory = {**memory, "weights_bytes": onnx_weight_bytes(exported.export.path)}
+        return memory
+
+    def _evaluate(self, rec: dict[str, Any]) -> None:
+        """Top-1 accuracy of the iteration's ONNX artifact, when the data can score the model."""
+        if self.prep.accuracy_available is None:
+            exported = self.exports[rec["index"]]
+            rec["accuracy"] = stages.accuracy_stage(self.prof.runner, exported.deployed, self.prep.data)
+            rec["accuracy_source"] = "onnx artifact (val split)"
 
     def _summary(self, rec: dict[str, Any]) -> str:
         text = (f"ratio {rec['ratio']:.3f}, {rec['macs'] / 1e6:.1f} MMACs, {rec['latency_ms']:.3f} ms"
