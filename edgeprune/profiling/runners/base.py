@@ -53,6 +53,13 @@ class Runner(abc.ABC):
     def describe(self) -> dict[str, Any]:
         return {"runner": self.name}
 
+    def telemetry(self) -> dict[str, Any]:
+        """Device telemetry (Jetson memory, GPU load, power, clocks) recorded while this runner measured."""
+        from ..telemetry import unavailable_reason
+
+        return {"available": False, "reason": unavailable_reason() or
+                f"not recorded: runner {self.name} measured without a telemetry monitor"}
+
 
 def run_static_batches(run_one, batch: np.ndarray, static_batch: int) -> np.ndarray:
     """Feed a batch of any size to an artifact whose batch dimension is fixed, padding the last chunk."""
