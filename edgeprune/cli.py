@@ -40,6 +40,16 @@ def main(ctx: click.Context, debug: bool) -> None:
     logging.basicConfig(level=logging.DEBUG if debug else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
 
 
+def _remote_options(f):
+    """--remote and how to reach it, shared by build and profile."""
+    f = click.option("--remote-ssh-option", "remote_ssh_options", multiple=True,
+                     help="An ssh -o option for the connection, e.g. IdentityFile=~/.ssh/jetson or "
+                          "StrictHostKeyChecking=accept-new (repeatable; ~/.ssh/config applies too).")(f)
+    f = click.option("--remote-python", help="The far side's Python, with edgeprune installed.  [default: python3]")(f)
+    return click.option("--remote", help="Measure on USER@HOST[:PORT] over SSH (key-based login; edgeprune "
+                                         "installed there).")(f)
+
+
 @main.command()
 @click.option("--config", "config_file", type=click.Path(dir_okay=False), help="YAML file of build options; flags override it.")
 @click.option("--model", help="resnet20 | resnet56 | torchvision:NAME | pkg.module:factory | file.py:factory | model.pt")
@@ -69,6 +79,8 @@ def main(ctx: click.Context, debug: bool) -> None:
 @click.option("--measure-iters", type=int, help="Timed runs per block.  [default: 200]")
 @click.option("--seed", type=int, help="Seed for data split, training and fine-tuning.  [default: 0]")
 @click.option("--out", type=click.Path(file_okay=False), help="Output directory.  [default: out]")
+@_remote_options
+@click.option("--remote-dir", help="Directory on the far side to work in (a temporary one inside it, removed after).  [default: its temp directory]")
 @click.option("--quiet", "-q", is_flag=True, help="Print nothing but errors.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON on stdout.")
 def build(config_file: str | None, latency_budget_ms: float | None, quiet: bool, as_json: bool, **flags: Any) -> None:
@@ -83,7 +95,7 @@ def build(config_file: str | None, latency_budget_ms: float | None, quiet: bool,
         flags["latency_budget"] = f"{latency_budget_ms}ms"
     if flags.get("input_shape"):
         flags["input_shape"] = parse_shape(flags["input_shape"])
-    given = {k: v for k, v in flags.items() if v is not None}
+    given = {k: v for k, v in flags.items() if v is not None and v != ()}
     config = BuildConfig.from_yaml(config_file, **given) if config_file else BuildConfig(**given)
     progress = _progress(quiet or as_json)
     try:
@@ -122,15 +134,27 @@ def devices() -> None:
 
 @main.command()
 @click.option("--device", default="cpu", show_default=True, help="Device to check this host against.")
+@_remote_options
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-def profile(device: str, as_json: bool) -> None:
-    """Report what this host has and whether DEVICE can be measured here."""
+def profile(device: str, remote: str | None, remote_python: str | None, remote_ssh_options: tuple[str, ...],
+            as_json: bool) -> None:
+    """Report what this host (or the --remote one) has and whether DEVICE can be measured there."""
     from .profiling.devices import detect_host, measurable_here, resolve_device
 
-    host = detect_host()
+    if remote:
+        from .profiling.runners.remote import SshSession
+
+        session = SshSession.open(remote, python=remote_python or "python3", ssh_options=remote_ssh_options)
+        try:
+            host = session.host
+        finally:
+            session.close()
+    else:
+        host = detect_host()
     spec = resolve_device(device, host)
     why = measurable_here(spec, host)
-    out = {"device": spec.to_dict(), "host": host.to_dict(), "measurable_here": why is None, "reason": why}
+    out = {"device": spec.to_dict(), "host": host.to_dict(), "measurable_here": why is None, "reason": why,
+           "remote": remote}
     if as_json:
         _print_json(out)
         return
@@ -141,7 +165,7 @@ def profile(device: str, as_json: bool) -> None:
              f"trtexec: {h.trtexec or 'not found'}; Jetson: {h.jetson_model or 'no'}",
              f"device {spec.name}: {spec.description}; runner {spec.runner}, precisions {', '.join(spec.precisions)}, "
              f"channel multiple {spec.channel_multiple}",
-             f"measurable here: {'yes' if why is None else 'no: ' + why}"]
+             f"measurable {'on ' + remote if remote else 'here'}: {'yes' if why is None else 'no: ' + why}"]
     click.echo("\n".join(lines))
 
 

@@ -79,6 +79,10 @@ class BuildConfig:
     seed: int = 0
     out: str = "out"
     overwrite: bool = True
+    remote: str | None = None  # user@host[:port] (or a ~/.ssh/config host): measure there over SSH
+    remote_python: str = "python3"  # the far side's Python, with edgeprune installed
+    remote_dir: str | None = None  # where the far side works (a temporary directory inside it, removed after)
+    remote_ssh_options: tuple[str, ...] = ()  # ssh -o Key=Value options, e.g. IdentityFile=~/.ssh/jetson
     extra: dict[str, Any] = field(default_factory=dict, compare=False)
 
     def __post_init__(self) -> None:
@@ -113,6 +117,7 @@ class BuildConfig:
             if threads < 1:
                 raise ConfigError(f"threads must be at least 1, got {threads}")
             object.__setattr__(self, "threads", threads)
+        self._check_remote()
         if self.input_shape is not None:
             try:
                 shape = tuple(int(s) for s in self.input_shape)
@@ -121,6 +126,19 @@ class BuildConfig:
             if len(shape) != 3 or min(shape) < 1:
                 raise ConfigError(f"input shape {self.input_shape} must be C,H,W with positive sizes, e.g. 3,224,224")
             object.__setattr__(self, "input_shape", shape)
+
+    def _check_remote(self) -> None:
+        options = self.remote_ssh_options
+        object.__setattr__(self, "remote_ssh_options", (options,) if isinstance(options, str) else
+                           tuple(options or ()))
+        if not isinstance(self.remote_python, str) or not self.remote_python.strip():
+            raise ConfigError("remote-python must name the far side's Python, e.g. python3 or ~/venv/bin/python")
+        if self.remote is None:
+            return
+        from .profiling.runners.remote import check_ssh_options, parse_target
+
+        parse_target(self.remote)
+        check_ssh_options(self.remote_ssh_options)
 
     def _resolve_policy(self) -> None:
         """Fill in what the policy implies, and refuse a policy without the budget it needs."""
@@ -171,6 +189,7 @@ class BuildConfig:
         d.pop("extra")
         if d["input_shape"] is not None:
             d["input_shape"] = list(d["input_shape"])
+        d["remote_ssh_options"] = list(d["remote_ssh_options"])
         return d
 
     @classmethod

@@ -63,8 +63,12 @@ def build(config: BuildConfig | None = None, progress: Progress | None = None, *
     progress = progress or _LogProgress()
     staged = StagedOutput(Path(config.out), overwrite=config.overwrite)
     work = Path(tempfile.mkdtemp(prefix="edgeprune-work-"))
+    builder = _Build(config, progress, staged.path, work)
     try:
-        result = _Build(config, progress, staged.path, work).run()
+        try:
+            result = builder.run()
+        finally:
+            builder.close()  # a remote session ends here, success or not
         result.out = staged.commit(result.report["manifest"])
     except BaseException:
         staged.discard()
@@ -89,8 +93,8 @@ class _Build:
 
     def run(self) -> BuildResult:
         cfg = self.config
-        self.progress.stage("profile", f"device {cfg.device}")
-        self.prof = stages.profile_stage(cfg)
+        self.progress.stage("profile", f"device {cfg.device}" + (f" on {cfg.remote} over SSH" if cfg.remote else ""))
+        self.prof = stages.profile_stage(cfg, self.work)
         self.multiple = cfg.channel_multiple or self.prof.device.channel_multiple
         self.progress.stage("model", f"{cfg.model} on {cfg.data}")
         self.prep = stages.model_stage(cfg, lambda msg: self.progress.stage("train", msg))
@@ -143,6 +147,12 @@ class _Build:
         final_idx, budget_met, reason = self._choose(baseline, policy, step)
         self.iterations[final_idx]["selected"] = True
         return self._write(final_idx, budget_met, reason, policy_name)
+
+    def close(self) -> None:
+        close = getattr(getattr(self, "prof", None), "runner", None)
+        close = getattr(close, "close", None)
+        if callable(close):
+            close()
 
     def _choose(self, baseline: dict, policy, stop: Stop) -> tuple[int, bool, str]:
         """The attempt to ship: meeting every constraint, best by the policy's objective; else the closest."""
@@ -387,11 +397,10 @@ class _Build:
         cfg = self.config
         self.progress.stage("artifacts", f"writing {cfg.out}")
         out = self.stage_dir
-        final_model = self.models[final_idx]
         shutil.copyfile(self.exports[final_idx].export.path, out / "model.onnx")
-        torch.save({"model": final_model, "name": self.prep.model.name, "input_shape": self.prep.model.input_shape,
-                    "num_classes": self.prep.model.num_classes, "widths": self.iterations[final_idx]["widths"],
-                    "edgeprune_version": __version__}, out / "model.pt")
+        stages.save_model_pt(out / "model.pt", self.models[final_idx], self.prep.model,
+                             self.iterations[final_idx]["widths"])
+        artifacts = ["model.onnx", "model.pt", *self._copy_engine(final_idx, out)]
         base, fin = self.iterations[0], self.iterations[final_idx]
         confirmation = None
         if final_idx:  # the shipped bytes themselves, timed once more against the baseline
@@ -429,7 +438,8 @@ class _Build:
             "constraints": self._constraints_report(fin),
             "allocation": self.allocator.describe(),
             "config": cfg.to_dict(), "device": self.prof.device.to_dict(), "host": self.prof.host.to_dict(),
-            "runner": self.prof.runner.describe(), "versions": versions(),
+            "runner": self.prof.runner.describe(), "telemetry": self.prof.runner.telemetry(),
+            "versions": versions(),
             "model": {"name": self.prep.model.name, "source": self.prep.model.source,
                       "input_shape": list(self.prep.model.input_shape), "num_classes": self.prep.model.num_classes,
                       "training": self.prep.training or None},
@@ -441,7 +451,20 @@ class _Build:
         report["manifest"] = {"schema_version": SCHEMA_VERSION, "tool": report["tool"], "device": cfg.device,
                               "versions": report["versions"], "budget_met": budget_met, "created": report["created"]}
         return BuildResult(out, report, budget_met, stop_reason,
-                           {n: out / n for n in ("model.onnx", "model.pt", "report.json", "report.md")})
+                           {n: out / n for n in (*artifacts, "report.json", "report.md")})
+
+    def _copy_engine(self, index: int, out: Path) -> list[str]:
+        """The shipped TensorRT engine and its sidecar, when the runner built one (here or on the far side)."""
+        from ..exporters.tensorrt import metadata_path
+
+        engine = Path(self.exports[index].deployed.path)
+        if engine.suffix != ".engine" or not engine.is_file():
+            return []
+        shutil.copyfile(engine, out / "model.engine")
+        if metadata_path(engine).is_file():
+            shutil.copyfile(metadata_path(engine), metadata_path(out / "model.engine"))
+            return ["model.engine", metadata_path(out / "model.engine").name]
+        return ["model.engine"]
 
 
 def versions() -> dict[str, str]:

@@ -16,12 +16,13 @@ from torch import nn
 
 from ..config import BuildConfig
 from ..data import DataBundle, load_data
-from ..errors import ParityError
+from ..errors import ParityError, RuntimeUnavailable
 from ..exporters.onnx import ExportResult, Parity, check_parity, export_onnx
 from ..models import LoadedModel, load_model
 from ..models.zoo import ZOO
 from ..profiling.devices import DeviceSpec, HostInfo, detect_host, measurable_here, resolve_device
-from ..profiling.runners import Deployed, Runner, get_runner
+from ..profiling.runners import BESIDE_ONNX, Deployed, Runner, get_runner
+from ..profiling.telemetry import JetsonMonitor, MonitoredRunner
 from ..pruning.recover import finetune, recalibrate_bn, train
 
 log = logging.getLogger(__name__)
@@ -37,18 +38,53 @@ class Profile:
     threads: int | None
 
 
-def profile_stage(config: BuildConfig) -> Profile:
-    """The target's spec, what this host has, and the runner that will measure; fails if it cannot measure here."""
+def profile_stage(config: BuildConfig, work: Path | None = None) -> Profile:
+    """The target's spec, what the measuring host has, and the runner that will measure; fails if it cannot
+    measure there. The measuring host is this one, or with `config.remote` the far side of an SSH session."""
+    if config.remote:
+        return _remote_profile(config, work)
     host = detect_host()
     device = resolve_device(config.device, host)
     why = measurable_here(device, host)
     if why:
-        from ..errors import RuntimeUnavailable
-
         raise RuntimeUnavailable(f"device {device.name} cannot be measured here: {why}")
     threads = config.threads if config.threads is not None else device.threads
-    runner = get_runner(device.runner, threads=threads, seed=config.seed)
+    runner = get_runner(device.runner, **runner_options(config, threads, device, work))
+    monitor = JetsonMonitor()
+    if monitor.available:  # a Jetson: memory, GPU load, power and clocks recorded around every measurement
+        runner = MonitoredRunner(runner, monitor)
     return Profile(device, host, runner, threads)
+
+
+def _remote_profile(config: BuildConfig, work: Path | None) -> Profile:
+    from ..profiling.runners.remote import RemoteRunner, SshSession
+
+    session = SshSession.open(config.remote, python=config.remote_python, remote_dir=config.remote_dir,
+                              ssh_options=config.remote_ssh_options)
+    try:
+        host = session.host
+        device = resolve_device(config.device, host)
+        why = measurable_here(device, host)
+        if why:
+            raise RuntimeUnavailable(f"device {device.name} cannot be measured on {session.target}: {why}")
+        threads = config.threads if config.threads is not None else device.threads
+        runner = RemoteRunner(session, device.runner, runner_options(config, threads, device, work))
+    except BaseException:
+        session.close()
+        raise
+    return Profile(device, host, runner, threads)
+
+
+def runner_options(config: BuildConfig, threads: int | None, device: DeviceSpec, work: Path | None) -> dict[str, Any]:
+    """What the loop asks of every runner (each takes the options it has a use for): threads and seed, and for
+    TensorRT a timing cache kept for the whole build, so rebuilding an engine for the next attempt skips the
+    kernel timing already done."""
+    options: dict[str, Any] = {"threads": threads, "seed": config.seed}
+    if work is not None and device.runner in ("tensorrt", "trtexec"):
+        from ..exporters.tensorrt import BuildOptions
+
+        options["options"] = BuildOptions(timing_cache=str(Path(work) / "tensorrt.timing-cache"))
+    return options
 
 
 @dataclass
@@ -140,6 +176,8 @@ def export_stage(model: nn.Module, prepared: Prepared, batch_size: int, path: Pa
                  parity_samples: int = 64) -> Exported:
     """Export ONNX, prepare it for the runner, and gate on parity with PyTorch on real validation images."""
     result = export_onnx(model, prepared.model.input_shape, batch_size, path)
+    if "model.pt" in BESIDE_ONNX.get(runner.name, ()):  # the torch-cuda runner times the PyTorch module itself
+        save_model_pt(path.with_name("model.pt"), model, prepared.model)
     deployed = runner.prepare(path, path.parent)
     x = torch.cat([b for b, _ in prepared.data.loader("val", parity_samples)][:1])[:parity_samples]
     with torch.no_grad():
@@ -150,6 +188,15 @@ def export_stage(model: nn.Module, prepared: Prepared, batch_size: int, path: Pa
                           f"max rel {parity.max_rel:.2e} over {parity.samples} images): the export is wrong; "
                           "report the model and torch version")
     return Exported(result, parity, deployed)
+
+
+def save_model_pt(path: Path, model: nn.Module, loaded: LoadedModel, widths: dict[str, int] | None = None) -> Path:
+    """The whole module with what it takes to use it (`--model model.pt` and the torch-cuda runner load it)."""
+    from .. import __version__
+
+    torch.save({"model": model, "name": loaded.name, "input_shape": loaded.input_shape,
+                "num_classes": loaded.num_classes, "widths": widths, "edgeprune_version": __version__}, path)
+    return path
 
 
 def accuracy_stage(runner: Runner, deployed: Deployed, data: DataBundle, batch: int = 64) -> float:

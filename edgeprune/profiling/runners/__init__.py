@@ -18,6 +18,9 @@ RUNNERS: dict[str, tuple[str, str, dict[str, Any]]] = {
     "torch-cuda": ("edgeprune.profiling.runners.torch_cuda", "TorchCudaRunner", {}),
 }
 
+# Files a runner reads beside the ONNX file it is given: the torch-cuda runner times the PyTorch module itself.
+BESIDE_ONNX: dict[str, tuple[str, ...]] = {"torch-cuda": ("model.pt",)}
+
 
 def get_runner(name: str, *, require_available: bool = True, **options: Any) -> Runner:
     if name not in RUNNERS:
@@ -38,4 +41,4 @@ def get_runner(name: str, *, require_available: bool = True, **options: Any) -> 
     return runner
 
 
-__all__ = ["Deployed", "Runner", "RUNNERS", "get_runner"]
+__all__ = ["BESIDE_ONNX", "Deployed", "Runner", "RUNNERS", "get_runner"]
