@@ -1,0 +1,132 @@
+"""The build loop with the device's runner, whichever it is: what the GPU runners need beside each ONNX file
+(model.pt for torch-cuda, a timing cache for TensorRT), the shipped engine, and the telemetry section of the
+report, measured locally on a (stand-in) Jetson and on a host that is not one. What needs a GPU is exercised
+through the runners' CPU-side code paths (loading model.pt, building options), which is what the loop feeds."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+
+from edgeprune.config import BuildConfig
+from edgeprune.profiling.devices import resolve_device
+from edgeprune.profiling.runners import get_runner
+from edgeprune.profiling.runners.onnxruntime import OnnxRuntimeRunner
+from edgeprune.profiling.runners.torch_cuda import TorchCudaRunner
+from edgeprune.profiling.telemetry import MonitoredRunner
+from edgeprune.pipeline import stages
+
+from test_telemetry import fake_jetson  # noqa: F401  (fixture)
+
+SHAPE = (1, 16, 16)
+
+
+@pytest.fixture(scope="module")
+def prepared():
+    from edgeprune.data import load_data
+    from edgeprune.models import load_model
+
+    torch.manual_seed(0)
+    data = load_data("digits", SHAPE, seed=0)
+    return stages.Prepared(load_model("resnet20", input_shape=SHAPE, num_classes=10), data, None)
+
+
+class TorchCudaOnCpu(OnnxRuntimeRunner):
+    """Named torch-cuda: it loads the module exactly as the torch-cuda runner does (its CPU side), and runs the
+    ONNX on the CPU for the parity check."""
+
+    def __init__(self):
+        super().__init__()
+        self.name = "torch-cuda"
+        self.loaded = None
+
+    def prepare(self, onnx_path, workdir):
+        self.loaded = TorchCudaRunner()._load_module(Path(onnx_path))
+        return super().prepare(onnx_path, workdir)
+
+
+def test_each_export_for_torch_cuda_has_the_model_pt_it_loads(prepared, tmp_path):
+    model = prepared.model.module.eval()
+    runner = TorchCudaOnCpu()
+    (tmp_path / "iter03").mkdir()
+    exported = stages.export_stage(model, prepared, 1, tmp_path / "iter03" / "model.onnx", runner)
+    assert exported.parity.ok
+    module, source, saved_shape = runner.loaded
+    assert source == tmp_path / "iter03" / "model.pt" and saved_shape == SHAPE
+    x = torch.randn(2, *SHAPE)
+    with torch.no_grad():
+        np.testing.assert_allclose(module(x).numpy(), model(x).numpy(), rtol=1e-5, atol=1e-6)
+    saved = torch.load(source, weights_only=False)
+    assert saved["name"] == "resnet20" and saved["num_classes"] == 10
+
+
+def test_exports_for_other_runners_write_no_model_pt(prepared, tmp_path):
+    stages.export_stage(prepared.model.module.eval(), prepared, 1, tmp_path / "model.onnx", OnnxRuntimeRunner())
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.onnx"]
+
+
+@pytest.mark.parametrize("device, runner", [("jetson-orin-nano", "tensorrt"), ("x86-cuda", "tensorrt")])
+def test_tensorrt_runners_get_a_timing_cache_for_the_whole_build(device, runner, tmp_path):
+    spec = resolve_device(device)
+    options = stages.runner_options(BuildConfig(device=device), None, spec, tmp_path)
+    assert options["options"].timing_cache == str(tmp_path / "tensorrt.timing-cache")
+    for name in (runner, "trtexec"):  # both take it; the loop builds them with get_runner
+        built = get_runner(name, require_available=False, **options)
+        assert built.options.timing_cache == str(tmp_path / "tensorrt.timing-cache")
+
+
+def test_cpu_runner_options_are_threads_and_seed(tmp_path):
+    spec = resolve_device("cpu")
+    assert stages.runner_options(BuildConfig(seed=3), 1, spec, tmp_path) == {"threads": 1, "seed": 3}
+
+
+def test_the_shipped_engine_and_its_sidecar_go_to_the_output(tmp_path):
+    from edgeprune.pipeline.loop import _Build
+
+    work, out = tmp_path / "work", tmp_path / "out"
+    work.mkdir()
+    out.mkdir()
+    engine = work / "model.fp16.engine"
+    engine.write_bytes(b"serialized engine")
+    (work / "model.fp16.engine.json").write_text('{"precision": "fp16"}')
+    fake = SimpleNamespace(exports={2: SimpleNamespace(deployed=SimpleNamespace(path=engine)),
+                                    0: SimpleNamespace(deployed=SimpleNamespace(path=work / "model.onnx"))})
+    assert _Build._copy_engine(fake, 2, out) == ["model.engine", "model.engine.json"]
+    assert (out / "model.engine").read_bytes() == b"serialized engine"
+    assert json.loads((out / "model.engine.json").read_text()) == {"precision": "fp16"}
+    assert _Build._copy_engine(fake, 0, tmp_path / "none") == []  # ONNX Runtime builds no engine
+
+
+def test_on_this_host_the_runner_is_not_monitored_and_says_why(monkeypatch):
+    from edgeprune.profiling import telemetry
+
+    monkeypatch.setattr(telemetry, "unavailable_reason", lambda: "not a Jetson: test")
+    prof = stages.profile_stage(BuildConfig())
+    assert not isinstance(prof.runner, MonitoredRunner)
+    assert prof.runner.telemetry() == {"available": False, "reason": "not a Jetson: test"}
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("edgeprune_cache")
+def test_a_build_on_a_jetson_reports_its_telemetry(fake_jetson, tmp_path):  # noqa: F811
+    import edgeprune
+    from edgeprune.errors import BudgetNotMet
+
+    prof = stages.profile_stage(BuildConfig())
+    assert isinstance(prof.runner, MonitoredRunner)
+    out = tmp_path / "out"
+    try:
+        edgeprune.build(BuildConfig(model="resnet20", input_shape=SHAPE, train_epochs=1, finetune_epochs=0,
+                                    max_iterations=1, measure_blocks=2, measure_iters=20, latency_budget="0.9x",
+                                    out=str(out)))
+    except BudgetNotMet:  # timing on a shared machine; the report is written all the same
+        pass
+    t = json.loads((out / "report.json").read_text())["telemetry"]
+    assert t["available"] is True and t["source"] == "tegrastats"
+    assert t["windows"] >= 3  # baseline, the attempt, the shipped artifact's confirmation
+    assert t["clocks_locked"] is False and "sudo jetson_clocks" in t["warning"]
+    assert t["power_mode"]["name"] == "15W" and t["power_mw"]["VDD_IN"]["max"] == 7412.0
