@@ -130,3 +130,4 @@ def test_a_build_on_a_jetson_reports_its_telemetry(fake_jetson, tmp_path):  # no
     assert t["windows"] >= 3  # baseline, the attempt, the shipped artifact's confirmation
     assert t["clocks_locked"] is False and "sudo jetson_clocks" in t["warning"]
     assert t["power_mode"]["name"] == "15W" and t["power_mw"]["VDD_IN"]["max"] == 7412.0
+    assert "- Jetson telemetry (tegrastats" in (out / "report.md").read_text()

@@ -344,6 +344,7 @@ def test_build_measured_remotely_says_so(sshd, tmp_path):
     for it in report["iterations"]:
         assert it["latency"]["extra"]["measured_on"] == sshd.target and it["latency"]["p50"] > 0
         assert it["accuracy"] is not None  # evaluated through the far runner
+    assert f"on {sshd.target} over SSH" in (out / "report.md").read_text()
     assert verify_manifest(out) == []
     assert {p.name for p in out.iterdir()} == {"model.onnx", "model.pt", "report.json", "report.md",
                                                "manifest.json"}
@@ -379,3 +380,22 @@ def test_cli_profile_over_ssh_reports_the_far_host(sshd):
     out = json.loads(result.output)
     assert out["remote"] == sshd.target and out["measurable_here"] is True
     assert out["host"]["onnxruntime"] and out["host"]["python"]
+
+
+def test_check_tells_a_remote_measurement_from_a_local_one(tmp_path, tiny_onnx):
+    from click.testing import CliRunner
+
+    from edgeprune.cli import main
+    from synthetic_reports import make_report, write_artifact
+
+    _, onnx_path = tiny_onnx
+    remote = make_report()
+    remote["runner"]["remote"] = {"target": "nvidia@orin.local:22", "transport": "ssh"}
+    new = write_artifact(tmp_path / "new", remote, onnx_path)
+    base = write_artifact(tmp_path / "base", make_report(), onnx_path)
+    res = CliRunner().invoke(main, ["check", str(new), str(base)])
+    assert res.exit_code == 2 and "differ in runtime" in res.stderr and "nvidia@orin.local:22" in res.stderr
+    same = write_artifact(tmp_path / "same", remote, onnx_path)
+    assert CliRunner().invoke(main, ["check", str(new), str(same)]).exit_code == 0
+    res = CliRunner().invoke(main, ["check", str(new), str(same), "--remeasure"])
+    assert res.exit_code == 2 and "measured on nvidia@orin.local:22 over SSH" in res.stderr

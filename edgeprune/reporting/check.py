@@ -280,6 +280,8 @@ def identity(r: dict[str, Any]) -> dict[str, str]:
     threads = runner.get("threads")
     runtime = runner.get("runner", "?") + (f" ({providers})" if providers else "") + (
         f", {threads} thread{'s' if threads != 1 else ''}" if threads else ", default threads")
+    if isinstance(runner.get("remote"), dict):  # measured on another machine over SSH: that machine counts
+        runtime += f", on {runner['remote'].get('target')}"
     return {"device": str(r["device"]["name"]), "runtime": runtime, "precision": precision(r),
             "batch size": str(r["config"]["batch_size"]),
             "input shape": "x".join(str(s) for s in r["model"]["input_shape"])}
@@ -483,6 +485,10 @@ def _remeasure(new: LoadedReport, base: LoadedReport, options: CheckOptions,
                                 f"({onnx} does not exist)")
         paths.append(onnx)
     runner_info = new.data["runner"]
+    if isinstance(runner_info.get("remote"), dict):
+        raise CannotCompare(f"cannot compare: --remeasure times here, but these reports were measured on "
+                            f"{runner_info['remote'].get('target')} over SSH: compare the stored reports (no "
+                            "--remeasure) or re-measure there")
     if runner_info.get("runner") not in ORT_RUNNERS:
         raise CannotCompare(f"cannot compare: --remeasure times model.onnx with ONNX Runtime, but these reports were "
                             f"measured with {runner_info.get('runner')}: compare the stored reports (no --remeasure) "

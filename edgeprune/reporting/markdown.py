@@ -70,7 +70,9 @@ def render_report(r: dict[str, Any]) -> str:
         "",
         f"- Runner: {r['runner'].get('runner')} {r['runner'].get('onnxruntime', '')}, "
         f"providers {', '.join(r['runner'].get('providers', []))}, threads {r['runner'].get('threads')}, "
-        f"batch {lat['batch_size']}.",
+        f"batch {lat['batch_size']}"
+        + (f", on {r['runner']['remote'].get('target')} over SSH" if r["runner"].get("remote") else "") + ".",
+        _telemetry_line(r.get("telemetry")),
         f"- {lat['blocks']} blocks of {lat['n'] // max(lat['blocks'], 1)} timed runs after {lat['warmup']} "
         "warm-up runs, each attempt interleaved block by block with the unpruned model; latency is the median of "
         "block medians, and the ratio to the unpruned model the median of per-block ratios (95% bootstrap "
@@ -83,6 +85,21 @@ def render_report(r: dict[str, Any]) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def _telemetry_line(t: dict | None) -> str:
+    if not t:
+        return "- Device telemetry: not recorded."
+    if not t.get("available"):
+        return f"- Device telemetry: not available ({t.get('reason')})."
+    gpu, ram = t.get("gpu_load_pct") or {}, t.get("ram_used_mb") or {}
+    rails = ", ".join(f"{name} {v['mean'] / 1000:.2f} W" for name, v in (t.get("power_mw") or {}).items())
+    clocks = ("locked by jetson_clocks" if t.get("clocks_locked") else
+              f"**not locked**: {t.get('warning')}" if t.get("clocks_locked") is False else "of unknown state")
+    return (f"- Jetson telemetry ({t.get('source')}, {t.get('samples')} samples over {t.get('windows')} "
+            f"measurements): power mode {(t.get('power_mode') or {}).get('name')}, clocks {clocks}; GPU load mean "
+            f"{_num(gpu.get('mean'))}% / max {_num(gpu.get('max'))}%, peak RAM {_num(ram.get('peak'))} MB; mean "
+            f"power {rails or 'n/a'}.")
 
 
 def _m(n: float) -> str:
