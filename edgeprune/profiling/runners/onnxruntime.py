@@ -36,7 +36,8 @@ class OnnxRuntimeRunner(Runner):
             return f"onnxruntime cannot be imported ({exc})"
         missing = [p for p in self.providers if p not in ort.get_available_providers()]
         if missing:
-            hint = " (install the gpu extra: onnxruntime-gpu)" if "CUDAExecutionProvider" in missing else ""
+            hint = (" (install the gpu extra, then keep onnxruntime-gpu alone: README, 'What to install where')"
+                    if "CUDAExecutionProvider" in missing else "")
             return f"onnxruntime {ort.__version__} lacks {', '.join(missing)}{hint}"
         return None
 
