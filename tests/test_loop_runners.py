@@ -131,3 +131,41 @@ def test_a_build_on_a_jetson_reports_its_telemetry(fake_jetson, tmp_path):  # no
     assert t["clocks_locked"] is False and "sudo jetson_clocks" in t["warning"]
     assert t["power_mode"]["name"] == "15W" and t["power_mw"]["VDD_IN"]["max"] == 7412.0
     assert "- Jetson telemetry (tegrastats" in (out / "report.md").read_text()
+
+
+@pytest.mark.parametrize("name, options, expected", [
+    ("onnxruntime", {}, (1e-3, 1e-3)),
+    ("onnxruntime-cuda", {}, (1e-2, 1e-2)),
+    ("tensorrt", {}, (1e-2, 1e-2)),
+    ("tensorrt", {"precision": "fp16"}, (5e-2, 5e-2)),
+    ("trtexec", {"precision": "int8"}, (0.5, 0.25)),
+    ("torch-cuda", {}, (1e-2, 1e-2)),
+    ("torch-cuda", {"fp16": True}, (5e-2, 5e-2)),
+])
+def test_parity_tolerance_follows_the_runtimes_arithmetic(name, options, expected):
+    assert get_runner(name, require_available=False, **options).parity_tolerance() == expected
+
+
+class NoisyRuntime(OnnxRuntimeRunner):
+    """ONNX Runtime with outputs off by 0.3% (as TF32 convolutions are), declaring a tolerance or not."""
+
+    def __init__(self, tolerance=None):
+        super().__init__()
+        self.tolerance = tolerance
+
+    def infer(self, deployed, batch):
+        out = super().infer(deployed, batch)
+        return out * 1.003 + 3e-3
+
+    def parity_tolerance(self):
+        return self.tolerance or super().parity_tolerance()
+
+
+def test_the_parity_gate_uses_the_runners_tolerance(prepared, tmp_path):
+    from edgeprune.errors import ParityError
+
+    model = prepared.model.module.eval()
+    with pytest.raises(ParityError, match="differs from PyTorch"):
+        stages.export_stage(model, prepared, 1, tmp_path / "a.onnx", NoisyRuntime())
+    exported = stages.export_stage(model, prepared, 1, tmp_path / "b.onnx", NoisyRuntime((1e-2, 1e-2)))
+    assert exported.parity.ok and exported.parity.atol == 1e-2

@@ -137,6 +137,7 @@ def test_measure_over_ssh_gives_sane_stats_and_the_far_outputs(session, tiny_onn
     np.testing.assert_allclose(runner.infer(dep, x), ref, rtol=1e-4, atol=1e-5)
 
     stats = runner.measure(dep, warmup=3, iters=15, blocks=2)
+    assert runner.parity_tolerance() == (1e-3, 1e-3)  # the far runner's
     assert stats.n == 30 and stats.blocks == 2 and 0 < stats.min <= stats.p50 <= stats.p99 < 1000
     assert stats.runtime == "onnxruntime" and stats.extra["measured_on"] == session.target.__str__()
     pair = runner.measure_interleaved([dep, dep], 2, 5, 2)

@@ -182,7 +182,8 @@ def export_stage(model: nn.Module, prepared: Prepared, batch_size: int, path: Pa
     x = torch.cat([b for b, _ in prepared.data.loader("val", parity_samples)][:1])[:parity_samples]
     with torch.no_grad():
         ref = model.eval()(x).numpy()
-    parity = check_parity(ref, runner.infer(deployed, x.numpy()))
+    atol, rtol = runner.parity_tolerance()
+    parity = check_parity(ref, runner.infer(deployed, x.numpy()), atol=atol, rtol=rtol)
     if not parity.ok:
         raise ParityError(f"the exported ONNX differs from PyTorch (max abs error {parity.max_abs:.2e}, "
                           f"max rel {parity.max_rel:.2e} over {parity.samples} images): the export is wrong; "

@@ -76,6 +76,9 @@ class MonitoredRunner(Runner):
     def telemetry(self) -> dict[str, Any]:
         return self.monitor.report()
 
+    def parity_tolerance(self) -> tuple[float, float]:
+        return self.inner.parity_tolerance()
+
     def __getattr__(self, attr: str) -> Any:  # runner-specific extras (release(), ...)
         return getattr(self.inner, attr)
 

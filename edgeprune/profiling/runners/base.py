@@ -11,6 +11,18 @@ import numpy as np
 from ..stats import LatencyStats
 
 
+# (atol, rtol) per arithmetic: exact fp32 on the CPU; TF32, which TensorRT, cuDNN and ONNX Runtime's CUDA provider
+# use for fp32 convolutions on Ampere and newer GPUs (10-bit mantissa); fp16; int8 (and "best", which may pick it).
+PARITY_TOLERANCE = {"fp32": (1e-3, 1e-3), "tf32": (1e-2, 1e-2), "fp16": (5e-2, 5e-2), "int8": (0.5, 0.25),
+                    "best": (0.5, 0.25)}
+
+
+
+def gpu_parity_tolerance(precision: str) -> tuple[float, float]:
+    """For a TensorRT engine of `precision`: fp32 engines compute convolutions in TF32 unless told not to."""
+    return PARITY_TOLERANCE["tf32" if precision == "fp32" else precision]
+
+
 @dataclass
 class Deployed:
     """An artifact made ready for one runtime: an ONNX file for ONNX Runtime, an engine for TensorRT."""
@@ -52,6 +64,11 @@ class Runner(abc.ABC):
 
     def describe(self) -> dict[str, Any]:
         return {"runner": self.name}
+
+    def parity_tolerance(self) -> tuple[float, float]:
+        """(atol, rtol) for the parity check against PyTorch on the CPU: what this runtime's arithmetic can
+        explain, so that only a wrong export fails it."""
+        return PARITY_TOLERANCE["fp32"]
 
     def telemetry(self) -> dict[str, Any]:
         """Device telemetry (Jetson memory, GPU load, power, clocks) recorded while this runner measured."""

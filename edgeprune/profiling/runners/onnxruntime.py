@@ -13,7 +13,7 @@ import numpy as np
 
 from ...errors import EdgepruneError
 from ..stats import LatencyStats, summarize
-from .base import Deployed, Runner, run_static_batches
+from .base import PARITY_TOLERANCE, Deployed, Runner, run_static_batches
 from .ort_worker import make_session
 
 log = logging.getLogger(__name__)
@@ -72,6 +72,10 @@ class OnnxRuntimeRunner(Runner):
         return {"weights_bytes": onnx_weight_bytes(deployed.path), "peak_mb": out["session_peak_mb"],
                 "peak_source": "ONNX Runtime session: peak resident memory (VmHWM) of a fresh process after "
                                "creating the session and 5 runs, minus its resident memory before"}
+
+    def parity_tolerance(self) -> tuple[float, float]:
+        gpu = any(p in self.providers for p in ("CUDAExecutionProvider", "TensorrtExecutionProvider"))
+        return PARITY_TOLERANCE["tf32" if gpu else "fp32"]  # the CUDA provider's use_tf32 is on by default
 
     def describe(self) -> dict[str, Any]:
         import onnxruntime as ort

@@ -322,8 +322,8 @@ class RemoteRunner(Runner):
         self._remote_cache = f"{session.workdir}/timing.cache" if self._local_cache else None
         if self._local_cache and self._local_cache.is_file():
             session.push_file(self._local_cache, self._remote_cache)
-        self._describe = session.request("start", runner=runner, options=self._far_options(),
-                                         interval_ms=interval_ms)["describe"]
+        started = session.request("start", runner=runner, options=self._far_options(), interval_ms=interval_ms)
+        self._describe, self._tolerance = started["describe"], tuple(started["parity_tolerance"])
 
     def available(self) -> str | None:
         return None if not self.session.closed else f"the session on {self.session.target} is closed"
@@ -376,6 +376,9 @@ class RemoteRunner(Runner):
 
     def telemetry(self) -> dict[str, Any]:
         return {**self.session.request("telemetry"), "where": f"remote: {self.session.target}"}
+
+    def parity_tolerance(self) -> tuple[float, float]:
+        return self._tolerance
 
     def close(self) -> None:
         self.session.close()

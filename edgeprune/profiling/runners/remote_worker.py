@@ -94,7 +94,7 @@ class Worker:
         runner = get_runner(req["runner"], **options)
         monitor = JetsonMonitor(int(req.get("interval_ms") or 100))
         self.runner = MonitoredRunner(runner, monitor) if monitor.available else runner
-        return {"describe": self.runner.describe()}
+        return {"describe": self.runner.describe(), "parity_tolerance": list(self.runner.parity_tolerance())}
 
     def op_mkdir(self, req: dict[str, Any]) -> dict[str, str]:
         self._dirs += 1

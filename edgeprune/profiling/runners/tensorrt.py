@@ -18,7 +18,7 @@ from ...exporters.tensorrt import (MIN_SUPPORTED, BuildOptions, EngineMetadata, 
                                    import_tensorrt, inspect_onnx, parse_trt_version, rebuild_reason,
                                    tensorrt_logger, version_str)
 from ..stats import LatencyStats, summarize
-from .base import Deployed, Runner, run_static_batches
+from .base import Deployed, Runner, gpu_parity_tolerance, run_static_batches
 from .torch_cuda import interleave_blocks, numpy_to_torch_dtype
 
 log = logging.getLogger(__name__)
@@ -108,6 +108,9 @@ class TensorRTRunner(Runner):
                 "peak_source": "device memory taken (cudaMemGetInfo before/after) by deserializing the engine, "
                                "creating an execution context with its I/O buffers and 5 runs; weights_bytes is "
                                "the serialized engine size; other processes on the GPU perturb the reading"}
+
+    def parity_tolerance(self) -> tuple[float, float]:
+        return gpu_parity_tolerance(self.options.precision)
 
     def describe(self) -> dict[str, Any]:
         return {"runner": self.name, **self._versions(), "build_options": self.options.to_dict(),

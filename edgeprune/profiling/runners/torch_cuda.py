@@ -17,7 +17,7 @@ import numpy as np
 
 from ...errors import EdgepruneError, ModelLoadError, RuntimeUnavailable
 from ..stats import LatencyStats, summarize
-from .base import Deployed, Runner, run_static_batches
+from .base import PARITY_TOLERANCE, Deployed, Runner, run_static_batches
 
 log = logging.getLogger(__name__)
 
@@ -90,6 +90,9 @@ class TorchCudaRunner(Runner):
 
     def describe(self) -> dict[str, Any]:
         return {"runner": self.name, **self._versions(), "fp16": self.fp16, "cuda_graph": self.cuda_graph}
+
+    def parity_tolerance(self) -> tuple[float, float]:
+        return PARITY_TOLERANCE["fp16" if self.fp16 else "tf32"]  # cuDNN convolutions default to TF32
 
     def release(self) -> None:
         self._sessions.clear()

@@ -32,7 +32,7 @@ from ...exporters.tensorrt import (BuildOptions, BuildPlan, EngineMetadata, Onnx
                                    write_metadata)
 from ..devices import TRTEXEC_PATHS
 from ..stats import LatencyStats, summarize
-from .base import Deployed, Runner, run_static_batches
+from .base import Deployed, Runner, gpu_parity_tolerance, run_static_batches
 
 log = logging.getLogger(__name__)
 
@@ -152,6 +152,9 @@ class TrtexecRunner(Runner):
     def memory(self, deployed: Deployed) -> dict[str, Any]:
         return {"weights_bytes": Path(deployed.path).stat().st_size, "peak_mb": None,
                 "peak_source": "not measured by trtexec; weights_bytes is the serialized engine size"}
+
+    def parity_tolerance(self) -> tuple[float, float]:
+        return gpu_parity_tolerance(self.options.precision)
 
     def describe(self) -> dict[str, Any]:
         exe = locate_trtexec(self.executable)
