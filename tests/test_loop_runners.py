@@ -69,14 +69,24 @@ def test_exports_for_other_runners_write_no_model_pt(prepared, tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model.onnx"]
 
 
-@pytest.mark.parametrize("device, runner", [("jetson-orin-nano", "tensorrt"), ("x86-cuda", "tensorrt")])
-def test_tensorrt_runners_get_a_timing_cache_for_the_whole_build(device, runner, tmp_path):
+@pytest.mark.parametrize("device", ["jetson-orin-nano", "x86-cuda"])
+def test_tensorrt_runners_get_the_device_precision_and_a_timing_cache_for_the_whole_build(device, tmp_path):
     spec = resolve_device(device)
     options = stages.runner_options(BuildConfig(device=device), None, spec, tmp_path)
     assert options["options"].timing_cache == str(tmp_path / "tensorrt.timing-cache")
-    for name in (runner, "trtexec"):  # both take it; the loop builds them with get_runner
+    for name in ("tensorrt", "trtexec"):  # both take them; the loop builds them with get_runner
         built = get_runner(name, require_available=False, **options)
         assert built.options.timing_cache == str(tmp_path / "tensorrt.timing-cache")
+        assert built.options.precision == spec.default_precision == "fp16"
+        assert built.parity_tolerance() == (5e-2, 5e-2)
+
+
+def test_torch_cuda_device_runs_in_its_default_precision(tmp_path):
+    from dataclasses import replace
+
+    spec = replace(resolve_device("x86-cuda"), runner="torch-cuda")
+    options = stages.runner_options(BuildConfig(device="x86-cuda"), None, spec, tmp_path)
+    assert get_runner("torch-cuda", require_available=False, **options).fp16 is True
 
 
 def test_cpu_runner_options_are_threads_and_seed(tmp_path):

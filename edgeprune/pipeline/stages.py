@@ -76,14 +76,17 @@ def _remote_profile(config: BuildConfig, work: Path | None) -> Profile:
 
 
 def runner_options(config: BuildConfig, threads: int | None, device: DeviceSpec, work: Path | None) -> dict[str, Any]:
-    """What the loop asks of every runner (each takes the options it has a use for): threads and seed, and for
-    TensorRT a timing cache kept for the whole build, so rebuilding an engine for the next attempt skips the
-    kernel timing already done."""
+    """What the loop asks of every runner (each takes the options it has a use for): threads and seed; for
+    TensorRT the device's default precision and a timing cache kept for the whole build, so rebuilding an engine
+    for the next attempt skips the kernel timing already done; for torch-cuda fp16 where the device's default."""
     options: dict[str, Any] = {"threads": threads, "seed": config.seed}
-    if work is not None and device.runner in ("tensorrt", "trtexec"):
+    if device.runner in ("tensorrt", "trtexec"):
         from ..exporters.tensorrt import BuildOptions
 
-        options["options"] = BuildOptions(timing_cache=str(Path(work) / "tensorrt.timing-cache"))
+        cache = str(Path(work) / "tensorrt.timing-cache") if work is not None else None
+        options["options"] = BuildOptions(precision=device.default_precision, timing_cache=cache)
+    if device.runner == "torch-cuda":
+        options["fp16"] = device.default_precision == "fp16"
     return options
 
 
