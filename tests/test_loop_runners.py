@@ -5,6 +5,7 @@ through the runners' CPU-side code paths (loading model.pt, building options), w
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -179,3 +180,40 @@ def test_the_parity_gate_uses_the_runners_tolerance(prepared, tmp_path):
         stages.export_stage(model, prepared, 1, tmp_path / "a.onnx", NoisyRuntime())
     exported = stages.export_stage(model, prepared, 1, tmp_path / "b.onnx", NoisyRuntime((1e-2, 1e-2)))
     assert exported.parity.ok and exported.parity.atol == 1e-2
+
+
+def test_a_runner_that_cannot_run_gives_way_to_the_devices_fallback(caplog):
+    from dataclasses import replace
+
+    from edgeprune.errors import RuntimeUnavailable
+
+    spec = replace(resolve_device("jetson-orin-nano"), fallback_runners=("trtexec", "onnxruntime"))
+
+    def make(name):
+        if name != "onnxruntime":
+            raise RuntimeUnavailable(f"runner {name} cannot run here: not in this test")
+        return OnnxRuntimeRunner()
+
+    runner, fallback = stages.choose_runner(spec, make)
+    assert isinstance(runner, OnnxRuntimeRunner)
+    assert fallback == {"named": "tensorrt", "skipped": {"tensorrt": "runner tensorrt cannot run here: not in this test",
+                                                         "trtexec": "runner trtexec cannot run here: not in this test"}}
+    assert any("measuring with onnxruntime, its fallback" in r.getMessage() for r in caplog.records)
+    assert stages.choose_runner(spec, lambda name: OnnxRuntimeRunner())[1] is None  # the named one ran
+    with pytest.raises(RuntimeUnavailable, match="^no runner of device jetson-orin-nano can measure: runner "
+                                                 "tensorrt cannot .*; runner trtexec cannot .*; runner onnxruntime"):
+        stages.choose_runner(spec, lambda name: make(name + " ") if name == "onnxruntime" else make(name))
+
+
+def test_a_jetson_with_trtexec_but_no_tensorrt_python_measures_with_its_fallback(tmp_path, monkeypatch):
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    (bindir / "trtexec").write_text("#!/bin/sh\nexit 1\n")  # JetPack's trtexec is there ...
+    (bindir / "trtexec").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bindir}:{os.environ['PATH']}")
+    device = tmp_path / "edge.yaml"  # ... but this device's own runner, TensorRT's Python API, is not
+    device.write_text("name: edge\ndescription: test\nkind: host\nrunner: tensorrt\nfallback_runners: [onnxruntime]\n"
+                      "precisions: [fp32]\ndefault_precision: fp32\nchannel_multiple: 8\nthreads: 1\n")
+    prof = stages.profile_stage(BuildConfig(device=str(device)))
+    assert prof.runner.name == "onnxruntime"
+    assert prof.fallback["named"] == "tensorrt" and "TensorRT is not installed" in prof.fallback["skipped"]["tensorrt"]

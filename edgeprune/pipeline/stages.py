@@ -36,6 +36,7 @@ class Profile:
     host: HostInfo
     runner: Runner
     threads: int | None
+    fallback: dict[str, Any] | None = None  # when the device's runner could not run: it, and why not
 
 
 def profile_stage(config: BuildConfig, work: Path | None = None) -> Profile:
@@ -49,11 +50,12 @@ def profile_stage(config: BuildConfig, work: Path | None = None) -> Profile:
     if why:
         raise RuntimeUnavailable(f"device {device.name} cannot be measured here: {why}")
     threads = config.threads if config.threads is not None else device.threads
-    runner = get_runner(device.runner, **runner_options(config, threads, device, work))
+    runner, fallback = choose_runner(device, lambda name: get_runner(
+        name, **runner_options(config, threads, device, work, name)))
     monitor = JetsonMonitor()
     if monitor.available:  # a Jetson: memory, GPU load, power and clocks recorded around every measurement
         runner = MonitoredRunner(runner, monitor)
-    return Profile(device, host, runner, threads)
+    return Profile(device, host, runner, threads, fallback)
 
 
 def _remote_profile(config: BuildConfig, work: Path | None) -> Profile:
@@ -68,24 +70,46 @@ def _remote_profile(config: BuildConfig, work: Path | None) -> Profile:
         if why:
             raise RuntimeUnavailable(f"device {device.name} cannot be measured on {session.target}: {why}")
         threads = config.threads if config.threads is not None else device.threads
-        runner = RemoteRunner(session, device.runner, runner_options(config, threads, device, work))
+        runner, fallback = choose_runner(device, lambda name: RemoteRunner(
+            session, name, runner_options(config, threads, device, work, name)))
     except BaseException:
         session.close()
         raise
-    return Profile(device, host, runner, threads)
+    return Profile(device, host, runner, threads, fallback)
 
 
-def runner_options(config: BuildConfig, threads: int | None, device: DeviceSpec, work: Path | None) -> dict[str, Any]:
+def choose_runner(device: DeviceSpec, make: Callable[[str], Runner]) -> tuple[Runner, dict[str, Any] | None]:
+    """The device's runner, or else the first of its fallback runners that can run (a Jetson whose Python lacks
+    TensorRT or a CUDA PyTorch still has JetPack's trtexec); the fallback, if any, says what was skipped and why."""
+    skipped: dict[str, str] = {}
+    for name in (device.runner, *device.fallback_runners):
+        try:
+            runner = make(name)
+        except RuntimeUnavailable as exc:
+            skipped[name] = exc.message
+            continue
+        if not skipped:
+            return runner, None
+        log.warning("device %s names runner %s, which cannot run (%s): measuring with %s, its fallback",
+                    device.name, device.runner, skipped[device.runner], name)
+        return runner, {"named": device.runner, "skipped": skipped}
+    raise RuntimeUnavailable(f"no runner of device {device.name} can measure: "
+                             + "; ".join(f"{why}" for why in skipped.values()))
+
+
+def runner_options(config: BuildConfig, threads: int | None, device: DeviceSpec, work: Path | None,
+                   runner: str | None = None) -> dict[str, Any]:
     """What the loop asks of every runner (each takes the options it has a use for): threads and seed; for
     TensorRT the device's default precision and a timing cache kept for the whole build, so rebuilding an engine
     for the next attempt skips the kernel timing already done; for torch-cuda fp16 where the device's default."""
+    runner = runner or device.runner
     options: dict[str, Any] = {"threads": threads, "seed": config.seed}
-    if device.runner in ("tensorrt", "trtexec"):
+    if runner in ("tensorrt", "trtexec"):
         from ..exporters.tensorrt import BuildOptions
 
         cache = str(Path(work) / "tensorrt.timing-cache") if work is not None else None
         options["options"] = BuildOptions(precision=device.default_precision, timing_cache=cache)
-    if device.runner == "torch-cuda":
+    if runner == "torch-cuda":
         options["fp16"] = device.default_precision == "fp16"
     return options
 
