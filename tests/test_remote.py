@@ -400,3 +400,10 @@ def test_check_tells_a_remote_measurement_from_a_local_one(tmp_path, tiny_onnx):
     assert CliRunner().invoke(main, ["check", str(new), str(same)]).exit_code == 0
     res = CliRunner().invoke(main, ["check", str(new), str(same), "--remeasure"])
     assert res.exit_code == 2 and "measured on nvidia@orin.local:22 over SSH" in res.stderr
+
+
+def test_a_copy_that_fails_is_one_clear_line(session, tiny_onnx):
+    _, onnx_path = tiny_onnx
+    with pytest.raises(RuntimeUnavailable, match=f"^copying {onnx_path.name} to {session.target} failed "
+                                                 r"\(.*No such file or directory.*\): .*run again$"):
+        session.push([onnx_path], "/nonexistent/edgeprune/dir")
