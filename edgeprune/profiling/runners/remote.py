@@ -268,10 +268,10 @@ class SshSession:
             proc = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, text=True)
         except FileNotFoundError:
             raise RuntimeUnavailable("scp is not installed here: install OpenSSH's client (openssh-client)") from None
-        if proc.returncode != 0:
-            last = _last_line(proc.stderr) or f"scp exit {proc.returncode}"
-            raise RuntimeUnavailable(f"{what} failed ({last}): the connection broke or the far disk is full; "
-                                     "run again")
+        if proc.returncode != 0:  # scp's first line says why ("dest open ...: No such file or directory")
+            first = next((ln.strip() for ln in proc.stderr.splitlines() if ln.strip()), f"scp exit {proc.returncode}")
+            raise RuntimeUnavailable(f"{what} failed ({first[:300]}): check the connection, the far directory "
+                                     "(--remote-dir) and its free space; run again")
 
     # -- helpers ---------------------------------------------------------------------------------------------
     def _base_argv(self) -> list[str]:
@@ -491,10 +491,6 @@ def _useful_tail(lines: Sequence[str]) -> str:
             continue
         return line[:300]
     return ""
-
-
-def _last_line(text: str) -> str:
-    return _useful_tail(text.splitlines())
 
 
 def _shutdown(proc: subprocess.Popen | None, control: Path, base_argv: list[str]) -> None:
