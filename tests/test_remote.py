@@ -283,6 +283,7 @@ def test_a_far_side_that_dies_mid_session_is_one_clear_line(own_session, tiny_on
     os.kill(s.hello["pid"], signal.SIGKILL)  # the worker this test started, by its pid
     with pytest.raises(RuntimeUnavailable, match=f"^the edgeprune session on {s.target} ended during measure"):
         runner.measure(dep, 1, 2, 1)
+    shutil.rmtree(s.workdir)  # a killed worker cannot remove its working directory
 
 
 def test_telemetry_comes_back_from_a_far_jetson(sshd, tiny_onnx, tmp_path):
