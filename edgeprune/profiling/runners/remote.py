@@ -140,7 +140,9 @@ class SshSession:
     def _connect(self) -> None:
         """The master connection: authentication happens here, once; later calls ride on it."""
         log_path = self._control / "master.log"
-        argv = [*self._base_argv(), "-M", "-N", "-f", "-o", "ControlPersist=yes", *self._port_args("-p"),
+        # ControlPersist=60: the master outlives the worker's session by a minute at most, even if this process
+        # dies without closing it (the worker's session keeps it up for as long as the build runs).
+        argv = [*self._base_argv(), "-M", "-N", "-f", "-o", "ControlPersist=60", *self._port_args("-p"),
                 self.target.destination]
         with open(log_path, "w") as log_fh:
             try:
