@@ -66,9 +66,28 @@ def _torchvision(name: str, input_shape, num_classes) -> LoadedModel:
     kwargs = {"weights": None}
     if num_classes:
         kwargs["num_classes"] = num_classes
-    module = torchvision.models.get_model(name, **kwargs)
     shape = tuple(input_shape) if input_shape else (3, 224, 224)
+    kwargs.update(_size_kwargs(name, shape))
+    try:
+        module = torchvision.models.get_model(name, **kwargs)
+    except (AssertionError, ValueError, TypeError) as exc:  # e.g. an image size the patch does not divide
+        raise ModelLoadError(f"torchvision:{name} cannot be built for input shape {list(shape)}: "
+                             f"{_first_line(exc)}; check --input-shape") from None
     return LoadedModel(module, f"torchvision:{name}", "torchvision", shape, num_classes, pretrained=False)
+
+
+def _size_kwargs(name: str, shape: tuple[int, ...]) -> dict:
+    """Transformers whose position embeddings fix the image size take it as a constructor argument: build them
+    for the input shape asked for (ViT: square, a multiple of the patch; MaxViT: any size its partitions divide)."""
+    if shape[1:] == (224, 224):
+        return {}
+    if name.startswith("vit_"):
+        if shape[1] != shape[2]:
+            raise ModelLoadError(f"torchvision:{name} takes square images only: give --input-shape 3,S,S")
+        return {"image_size": shape[1]}
+    if name.startswith("maxvit_"):
+        return {"input_size": tuple(shape[1:])}
+    return {}
 
 
 def _factory(spec: str, input_shape) -> LoadedModel:

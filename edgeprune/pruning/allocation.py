@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError
-from .prune import PRUNABLE, _graph, prunable_widths, prune_model, round_width
+from .prune import prunable_widths, prune_model, root_groups, round_width
 
 log = logging.getLogger(__name__)
 
@@ -81,12 +81,11 @@ def group_scores(model: nn.Module, example: torch.Tensor, criterion: str,
         if not batches:
             raise ConfigError(f"criterion {criterion} needs calibration data: give --data")
         importance.prepare(model, batches)
-    graph, ignored = _graph(model, example)
     out = {}
-    for group in graph.get_all_groups(ignored_layers=ignored, root_module_types=PRUNABLE):
-        name = graph._module2name[group[0].dep.target.module]
+    for rg in root_groups(model, example):
+        name = rg.name
         with torch.no_grad():
-            s = importance(group)
+            s = importance(rg.group)
         s = np.ones(1) if s is None else s.detach().float().numpy()
         out[name] = s / (s.mean() + 1e-12)
     return out

@@ -6,10 +6,15 @@ Here every root layer's kept width is the nearest multiple of the device's chann
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
+import math
+import signal
+import threading
+import time
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 from torch import nn
@@ -57,14 +62,60 @@ def round_width(channels: int, ratio: float, multiple: int) -> int:
     return int(min(candidates, key=lambda c: (abs(c - target), -c)))
 
 
+@dataclass
+class RootGroup:
+    """One group of coupled channels, named by its root layer (the full name in the model)."""
+    name: str
+    root: nn.Module
+    group: Any
+    graph: Any
+    channels: int
+    channel_groups: int  # >1: grouped conv / attention heads / GroupNorm: every channel group keeps the same slots
+
+
+@dataclass
+class _Part:
+    """A module traced by torch-pruning with its own example input: the whole model, or (when the whole model
+    cannot be traced) the largest submodules that can, each with its boundary widths fixed."""
+    prefix: str
+    module: nn.Module
+    example: torch.Tensor
+    graph: Any
+    ignored: list[nn.Module]
+    opaque: list[nn.Module] = field(default_factory=list)  # leaves of the graph: groups reaching them stay whole
+
+
 def prunable_widths(model: nn.Module, example: torch.Tensor) -> dict[str, int]:
     """Output width of every root layer the pruner may shrink (the classifier output excluded)."""
-    graph, ignored = _graph(copy.deepcopy(model).eval(), example)  # tracing must not touch the caller's model
-    out = {}
-    for group in graph.get_all_groups(ignored_layers=ignored, root_module_types=PRUNABLE):
-        root = group[0].dep.target.module
-        out[graph._module2name[root]] = graph.get_pruner_of_module(root).get_out_channels(root)
-    return out
+    model = copy.deepcopy(model).eval()  # tracing must not touch the caller's model
+    return {g.name: g.channels for g in root_groups(model, example)}
+
+
+def root_groups(model: nn.Module, example: torch.Tensor, parts: list[_Part] | None = None):
+    """Every prunable group of `model` (traced in place), in a fixed order."""
+    for part in parts if parts is not None else trace_parts(model, example):
+        real = set(part.module.modules())
+        for group in part.graph.get_all_groups(ignored_layers=part.ignored, root_module_types=PRUNABLE):
+            root = group[0].dep.target.module
+            if part.prefix and _touches_input(part.graph, group, real):
+                continue  # would narrow the part's input, which the rest of the model still feeds at full width
+            if part.opaque and any(dep.target.module in part.opaque for dep, _ in group):
+                continue
+            pruner = part.graph.get_pruner_of_module(root)
+            name = part.graph._module2name[root]
+            name = f"{part.prefix}.{name}" if part.prefix else name
+            yield RootGroup(name, root, group, part.graph, pruner.get_out_channels(root),
+                            _channel_groups(part.graph, group))
+
+
+def group_width(channels: int, ratio: float, multiple: int, channel_groups: int = 1) -> int:
+    """round_width for a group whose channels come in `channel_groups` equal slices (grouped conv, heads):
+    each slice is narrowed alike, and the total stays a multiple of `multiple` where a slice width allows."""
+    if channel_groups <= 1 or channels % channel_groups:
+        return round_width(channels, ratio, multiple)
+    per = channels // channel_groups
+    step = max(1, multiple // math.gcd(multiple, channel_groups))
+    return channel_groups * round_width(per, ratio, step)
 
 
 def prune_model(model: nn.Module, example: torch.Tensor, ratio: float = 0.0, multiple: int = 1,
@@ -84,51 +135,329 @@ def prune_model(model: nn.Module, example: torch.Tensor, ratio: float = 0.0, mul
             name = criterion if isinstance(criterion, str) else type(criterion).__name__
             raise ConfigError(f"criterion {name} needs calibration data: give --data")
         importance.prepare(model, batches)
-    graph, ignored = _graph(model, example)
+    parts = trace_parts(model, example)
     before, after = {}, {}
-    for group in graph.get_all_groups(ignored_layers=ignored, root_module_types=PRUNABLE):
-        root = group[0].dep.target.module
-        name = graph._module2name[root]
-        pruner = graph.get_pruner_of_module(root)
-        n = pruner.get_out_channels(root)
-        target = widths.get(name, n) if widths is not None else round_width(n, ratio, multiple)
+    for rg in list(root_groups(model, example, parts)):
+        n, slices = rg.channels, rg.channel_groups
+        target = widths.get(rg.name, n) if widths is not None else group_width(n, ratio, multiple, slices)
         target = max(1, min(n, int(target)))
-        before[name] = n
-        after[name] = target
+        if slices > 1 and n % slices == 0:
+            target = max(slices, target - target % slices)
+        before[rg.name] = n
+        after[rg.name] = target
         if target >= n:
             continue
+        pruner = rg.graph.get_pruner_of_module(rg.root)
+        group = rg.graph.get_pruning_group(rg.root, pruner.prune_out_channels, list(range(n)))
         with torch.no_grad():
             scores = importance(group)
         if scores is None or len(scores) != n:  # a group the criterion cannot score: keep it whole
-            log.warning("criterion cannot score %s; left unpruned", name)
-            after[name] = n
+            log.warning("criterion cannot score %s; left unpruned", rg.name)
+            after[rg.name] = n
             continue
-        drop = torch.argsort(scores.float(), stable=True)[: n - target].tolist()
-        graph.get_pruning_group(root, pruner.prune_out_channels, sorted(drop)).prune()
-    return PruneResult(model, ratio, before, after, [graph._module2name[m] for m in ignored if m in graph._module2name])
+        drop = _drop_indices(scores.float(), n - target, slices)
+        rg.graph.get_pruning_group(rg.root, pruner.prune_out_channels, drop).prune()
+    restore_classes(model)
+    for part in parts:
+        _sync_attributes(part.module)
+    kept = [f"{p.prefix}.{p.graph._module2name[m]}".lstrip(".") for p in parts for m in p.ignored
+            if m in p.graph._module2name]
+    return PruneResult(model, ratio, before, after, kept)
 
 
-def _graph(model: nn.Module, example: torch.Tensor):
+def _drop_indices(scores: torch.Tensor, count: int, slices: int) -> list[int]:
+    """The `count` least important channels; with slices, the same slots in every slice (scores averaged over
+    slices, as torch-pruning does for grouped convolutions) so every slice keeps an equal width."""
+    n = len(scores)
+    if slices <= 1 or n % slices:
+        return sorted(torch.argsort(scores, stable=True)[:count].tolist())
+    per = n // slices
+    slots = torch.argsort(scores.view(slices, per).mean(0), stable=True)[: count // slices].tolist()
+    return sorted(s * per + slot for s in range(slices) for slot in slots)
+
+
+def _touches_input(graph, group, modules: set[nn.Module]) -> bool:
+    """Whether pruning the group changes what the traced module's first layers read from its input: a layer
+    with no producer in the graph, pruned on its input side (a depthwise conv or a norm is pruned on both).
+    torch-pruning's own nodes without producers (a weight's transpose) are not layers of the module."""
+    for dep, _ in group:
+        module, node = dep.target.module, dep.target
+        if node.inputs or module not in modules:
+            continue
+        plain = isinstance(module, PRUNABLE) and not (isinstance(module, nn.modules.conv._ConvNd)
+                                                      and module.groups == module.out_channels > 1)
+        if not (plain and graph.is_out_channel_pruning_fn(dep.handler)):
+            return True
+    return False
+
+
+def _channel_groups(graph, group) -> int:
+    """How many equal slices the group's channels must keep: a grouped (not depthwise) convolution's groups,
+    a GroupNorm's groups, a multi-head attention's heads."""
+    found = [1]
+    for dep, _ in group:
+        module = dep.target.module
+        if isinstance(module, nn.MultiheadAttention):
+            found.append(module.num_heads)
+        elif isinstance(module, nn.modules.conv._ConvNd):
+            if 1 < module.groups != module.out_channels:
+                found.append(module.groups)
+        elif isinstance(module, nn.GroupNorm):
+            found.append(module.num_groups)
+    return max(found)
+
+
+def _sync_attributes(model: nn.Module) -> None:
+    """Modules that cache a width torch-pruning changed: torchvision's VisionTransformer reshapes its patch
+    embedding with self.hidden_dim in forward (torch-pruning's own torchvision example sets it the same way)."""
+    for module in model.modules():
+        proj = getattr(module, "conv_proj", None)
+        if isinstance(proj, nn.Conv2d) and hasattr(module, "hidden_dim"):
+            module.hidden_dim = proj.out_channels
+
+
+def trace_parts(model: nn.Module, example: torch.Tensor) -> list[_Part]:
+    """Trace the whole model. Where torch-pruning cannot (channel shuffle, window attention), find the smallest
+    submodules it cannot trace, trace the model again with those as opaque leaves (a torch-pruning custom pruner
+    per instance; groups that reach one are not pruned), and prune inside each of them the parts it can trace,
+    with each part's input and output widths left as they are."""
+    try:
+        return [_Part("", model, example, *_graph(model, example))]
+    except _TraceFailed as exc:
+        whole = exc
+    inputs = _module_inputs(model, example)
+    parts: list[_Part] = []
+    failed: dict[nn.Module, str] = {}
+    _collect_parts(model, "", inputs, parts, failed, set())
+    names = {m: n for n, m in model.named_modules()}
+    opaque = [m for m in failed if not any(d in failed for d in m.modules() if d is not m)]
+    try:
+        graph, ignored = _graph(model, example, opaque=opaque)
+        inside = [p for p in parts if any(_is_within(p.module, m) for m in opaque)]
+        parts = [_Part("", model, example, graph, ignored, opaque)] + inside
+    except _TraceFailed:
+        restore_classes(model)
+    if not parts:
+        raise ModelLoadError(f"torch-pruning cannot trace this model ({whole}) nor any part of it with prunable "
+                             "layers; it cannot be pruned structurally") from None
+    log.info("torch-pruning cannot trace the whole model (%s); pruning around %d opaque modules (%s) and "
+             "inside them", whole, len(opaque), ", ".join(sorted({type(m).__name__ for m in opaque})))
+    log.debug("opaque modules: %s", ", ".join(names.get(m, "?") for m in opaque))
+    return parts
+
+
+class _TraceFailed(Exception):
+    pass
+
+
+def _is_within(module: nn.Module, ancestor: nn.Module) -> bool:
+    return any(m is module for m in ancestor.modules())
+
+
+CONTAINERS = (nn.Sequential, nn.ModuleList, nn.ModuleDict)
+
+
+def _collect_parts(module: nn.Module, prefix: str, inputs: dict[nn.Module, torch.Tensor], parts: list[_Part],
+                   failed: dict[nn.Module, str], failed_types: set[type]) -> None:
+    """Depth first: each child traced alone if it can be, else its children. A module holding a module of a
+    type that already failed is not tried (each try may take the trace's time limit)."""
+    for name, child in module.named_children():
+        full = f"{prefix}.{name}" if prefix else name
+        if not any(isinstance(m, PRUNABLE) for m in child.modules()):
+            continue
+        x = inputs.get(child)
+        hopeless = any(type(m) in failed_types for m in child.modules())
+        if x is not None and not hopeless:
+            try:
+                graph, _ = _graph(child, x, part=True)
+                parts.append(_Part(full, child, x, graph, _boundary_layers(graph)))
+                continue
+            except _TraceFailed as exc:
+                failed[child] = str(exc)
+                if not isinstance(child, CONTAINERS):
+                    failed_types.add(type(child))
+        else:
+            failed[child] = "not traced alone"
+        _collect_parts(child, full, inputs, parts, failed, failed_types)
+
+
+class _Cut(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, y):
+        return y.clone()
+
+    @staticmethod
+    def backward(ctx, grad):
+        return None, None
+
+
+def _cut_hook(module, args, output):
+    x = next((a for a in args if isinstance(a, torch.Tensor)), None)
+    if x is None or not isinstance(output, torch.Tensor):
+        return None
+    return _Cut.apply(x, output.detach())
+
+
+_OPAQUE_CLASSES: dict[type, type] = {}
+
+
+def _opaque_class(cls: type) -> type:
+    if getattr(cls, "_edgeprune_opaque", False):
+        return cls
+    if cls not in _OPAQUE_CLASSES:
+        _OPAQUE_CLASSES[cls] = type(f"Opaque{cls.__name__}", (cls,), {"_edgeprune_opaque": True})
+    return _OPAQUE_CLASSES[cls]
+
+
+def restore_classes(model: nn.Module) -> None:
+    """Undo _opaque_class on every module (the pruned model must pickle and export as its own types)."""
+    for m in model.modules():
+        if getattr(type(m), "_edgeprune_opaque", False):
+            m.__class__ = type(m).__bases__[0]
+
+
+def _opaque_pruner(channels: dict[nn.Module, tuple[int, int]]):
+    """A torch-pruning custom pruner that makes a module a leaf of the graph with fixed widths."""
     import torch_pruning as tp
 
-    ignored = _output_layers(model, example)
+    class Opaque(tp.pruner.BasePruningFunc):
+        def prune_out_channels(self, layer, idxs):
+            raise RuntimeError("an opaque module cannot be pruned")
+
+        prune_in_channels = prune_out_channels
+
+        def get_out_channels(self, layer):
+            return channels[layer][1]
+
+        def get_in_channels(self, layer):
+            return channels[layer][0]
+
+    return Opaque()
+
+
+def _module_inputs(model: nn.Module, example: torch.Tensor) -> dict[nn.Module, torch.Tensor]:
+    """The input each submodule saw on `example`, for those called once with a single tensor."""
+    seen: dict[nn.Module, torch.Tensor | None] = {}
+
+    def hook(mod, args, kwargs):
+        tensors = [a for a in args if isinstance(a, torch.Tensor)]
+        one = len(args) == 1 and len(tensors) == 1 and not kwargs
+        seen[mod] = tensors[0].detach().clone() if one and mod not in seen else None
+
+    _run_hooked(model, example, [m.register_forward_pre_hook(hook, with_kwargs=True) for m in model.modules()
+                                 if m is not model])
+    return {m: x for m, x in seen.items() if x is not None}
+
+
+def _module_widths(model: nn.Module, example: torch.Tensor, modules) -> dict[nn.Module, tuple[int, int]]:
+    """(input channels, output channels) each of `modules` saw on `example`."""
+    out: dict[nn.Module, tuple[int, int]] = {}
+
+    def hook(mod, args, result):
+        x = next((a for a in args if isinstance(a, torch.Tensor)), None)
+        y = result if isinstance(result, torch.Tensor) else None
+        out[mod] = (x.shape[1] if x is not None and x.dim() > 1 else 0,
+                    y.shape[1] if y is not None and y.dim() > 1 else 0)
+
+    _run_hooked(model, example, [m.register_forward_hook(hook) for m in modules])
+    return out
+
+
+def _boundary_layers(graph) -> list[nn.Module]:
+    """Prunable layers whose output reaches the part's output (or meets its input) without passing through
+    another prunable layer: their widths are the part's interface with the rest of the model."""
+    prunable = (*PRUNABLE, nn.MultiheadAttention)
+    sinks = [node for node in graph.module2node.values() if not node.outputs]
+    out, stack, seen = [], list(sinks), set()
+    while stack:
+        node = stack.pop()
+        if node in seen:
+            continue
+        seen.add(node)
+        if isinstance(node.module, prunable):
+            out.append(node.module)
+            continue
+        stack.extend(node.inputs)
+    return out
+
+
+def _graph(model: nn.Module, example: torch.Tensor, part: bool = False, opaque: Sequence[nn.Module] = ()):
+    """torch-pruning's dependency graph of `model`, with every group resolved once (that is where a graph it
+    misreads shows: on Swin's channels-last window reshapes, its index mapping grows without end; upstream
+    torch-pruning lists Swin as unsupported). Resolving is bounded in time; a graph that does not resolve in
+    time counts as untraceable, and the caller prunes inside smaller parts instead."""
+    import torch_pruning as tp
+
     try:
-        graph = tp.DependencyGraph().build_dependency(model, example_inputs=example, verbose=False)
+        ignored = [] if part else _output_layers(model, example)
+        start = time.monotonic()
+        custom = None
+        if opaque:
+            # torch-pruning keys custom pruners by type (keyed by instance, its tracer passes the instance to
+            # isinstance and fails), so each opaque instance gets a subclass of its own type for the trace.
+            pruner = _opaque_pruner(_module_widths(model, example, opaque))
+            for m in opaque:
+                m.__class__ = _opaque_class(type(m))
+            custom = {type(m): pruner for m in opaque}
+        # An opaque module's output is cut from the autograd graph inside it (torch-pruning traces grad_fns, so
+        # a leaf module's internals would otherwise still be traced): it depends on the module's input only.
+        cuts = [m.register_forward_hook(_cut_hook) for m in opaque]
+        try:
+            graph = tp.DependencyGraph().build_dependency(model, example_inputs=example, verbose=False,
+                                                          customized_pruners=custom)
+        finally:
+            for h in cuts:
+                h.remove()
+        limit = max(GROUPS_MIN_S, GROUPS_PER_BUILD * (time.monotonic() - start))
+        with _time_limit(limit):
+            for _ in graph.get_all_groups(ignored_layers=ignored, root_module_types=PRUNABLE):
+                pass
     except Exception as exc:
-        raise ModelLoadError(f"torch-pruning cannot trace this model ({type(exc).__name__}: {exc}); "
-                             "models with data-dependent control flow cannot be pruned structurally") from None
+        raise _TraceFailed(f"{type(exc).__name__}: {exc}") from None
     return graph, ignored
+
+
+GROUPS_MIN_S = 5.0  # resolving the groups of a graph torch-pruning reads right takes a fraction of building it
+GROUPS_PER_BUILD = 20.0
+
+
+class _TimeLimit(Exception):
+    def __str__(self) -> str:
+        return "torch-pruning's dependency groups did not resolve in time (an unsupported reshape)"
+
+
+@contextlib.contextmanager
+def _time_limit(seconds: float):
+    """Raise _TimeLimit after `seconds` of wall time (SIGALRM: main thread only; elsewhere no limit)."""
+    if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "setitimer"):
+        yield
+        return
+
+    def expire(signum, frame):
+        raise _TimeLimit()
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
 
 
 def _output_layers(model: nn.Module, example: torch.Tensor) -> list[nn.Module]:
     """The last conv/linear to run produces the class scores: its output width must stay."""
     order: list[nn.Module] = []
-    hooks = [m.register_forward_hook(lambda mod, i, o: order.append(mod)) for m in model.modules()
-             if isinstance(m, PRUNABLE)]
+    _run_hooked(model, example, [m.register_forward_hook(lambda mod, i, o: order.append(mod))
+                                 for m in model.modules() if isinstance(m, PRUNABLE)])
+    return order[-1:]
+
+
+def _run_hooked(model: nn.Module, example: torch.Tensor, hooks) -> None:
+    """One forward pass on `example` with `hooks` registered, removed after whatever happens."""
     try:
         with torch.no_grad():
             model(example)
     finally:
         for h in hooks:
             h.remove()
-    return order[-1:]
