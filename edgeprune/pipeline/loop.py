@@ -397,10 +397,15 @@ class _Build:
         cfg = self.config
         self.progress.stage("artifacts", f"writing {cfg.out}")
         out = self.stage_dir
-        shutil.copyfile(self.exports[final_idx].export.path, out / "model.onnx")
+        shipped = self.exports[final_idx].export.path
+        shutil.copyfile(shipped, out / "model.onnx")
+        external = shipped.with_name(shipped.name + ".data")  # weights of a model over the 2 GiB protobuf cap
+        if external.exists():
+            shutil.copyfile(external, out / external.name)
         stages.save_model_pt(out / "model.pt", self.models[final_idx], self.prep.model,
                              self.iterations[final_idx]["widths"])
-        artifacts = ["model.onnx", "model.pt", *self._copy_engine(final_idx, out)]
+        artifacts = ["model.onnx", *(["model.onnx.data"] if external.exists() else []), "model.pt",
+                     *self._copy_engine(final_idx, out)]
         base, fin = self.iterations[0], self.iterations[final_idx]
         confirmation = None
         if final_idx:  # the shipped bytes themselves, timed once more against the baseline

@@ -83,12 +83,20 @@ class _Part:
     graph: Any
     ignored: list[nn.Module]
     opaque: list[nn.Module] = field(default_factory=list)  # leaves of the graph: groups reaching them stay whole
+    note: str = ""  # why the whole model could not be traced, when it could not
 
 
 def prunable_widths(model: nn.Module, example: torch.Tensor) -> dict[str, int]:
     """Output width of every root layer the pruner may shrink (the classifier output excluded)."""
     model = copy.deepcopy(model).eval()  # tracing must not touch the caller's model
-    return {g.name: g.channels for g in root_groups(model, example)}
+    parts = trace_parts(model, example)
+    widths = {g.name: g.channels for g in root_groups(model, example, parts)}
+    restore_classes(model)
+    if not widths:
+        why = next((p.note for p in parts if p.note), "") or "it has no convolution or linear layer (other than " \
+            "the classifier output) whose output channels can be removed"
+        raise ModelLoadError(f"nothing in this model can be pruned: {why}; no layer outside it can be pruned alone")
+    return widths
 
 
 def root_groups(model: nn.Module, example: torch.Tensor, parts: list[_Part] | None = None):
@@ -231,6 +239,12 @@ def trace_parts(model: nn.Module, example: torch.Tensor) -> list[_Part]:
     _collect_parts(model, "", inputs, parts, failed, set())
     names = {m: n for n, m in model.named_modules()}
     opaque = [m for m in failed if not any(d in failed for d in m.modules() if d is not m)]
+    if whole.culprit is not None and whole.culprit is not model and not any(whole.culprit in set(m.modules())
+                                                                            for m in opaque):
+        opaque.append(whole.culprit)  # a custom op without prunable layers, that tracing fails in
+        failed[whole.culprit] = str(whole)
+    why = "; ".join(f"torch-pruning cannot follow {names.get(m)} ({type(m).__name__}): {failed[m]}"
+                    for m in opaque[:3]) or f"torch-pruning cannot follow the model: {whole}"
     try:
         graph, ignored = _graph(model, example, opaque=opaque)
         inside = [p for p in parts if any(_is_within(p.module, m) for m in opaque)]
@@ -238,8 +252,9 @@ def trace_parts(model: nn.Module, example: torch.Tensor) -> list[_Part]:
     except _TraceFailed:
         restore_classes(model)
     if not parts:
-        raise ModelLoadError(f"torch-pruning cannot trace this model ({whole}) nor any part of it with prunable "
-                             "layers; it cannot be pruned structurally") from None
+        raise ModelLoadError(f"this model cannot be pruned structurally: {why}") from None
+    for part in parts:
+        part.note = why
     log.info("torch-pruning cannot trace the whole model (%s); pruning around %d opaque modules (%s) and "
              "inside them", whole, len(opaque), ", ".join(sorted({type(m).__name__ for m in opaque})))
     log.debug("opaque modules: %s", ", ".join(names.get(m, "?") for m in opaque))
@@ -247,7 +262,9 @@ def trace_parts(model: nn.Module, example: torch.Tensor) -> list[_Part]:
 
 
 class _TraceFailed(Exception):
-    pass
+    def __init__(self, message: str, culprit: nn.Module | None = None):
+        super().__init__(message)
+        self.culprit = culprit
 
 
 def _is_within(module: nn.Module, ancestor: nn.Module) -> bool:
@@ -291,11 +308,16 @@ class _Cut(torch.autograd.Function):
         return None, None
 
 
-def _cut_hook(module, args, output):
-    x = next((a for a in args if isinstance(a, torch.Tensor)), None)
-    if x is None or not isinstance(output, torch.Tensor):
-        return None
-    return _Cut.apply(x, output.detach())
+def _cut_forward(forward):
+    """`forward` run without autograd (a custom op that tracing fails in runs as in inference), its output tied
+    to its input by one opaque node."""
+    def run(*args, **kwargs):
+        with torch.no_grad():
+            out = forward(*args, **kwargs)
+        x = next((a for a in args if isinstance(a, torch.Tensor)), None)
+        return _Cut.apply(x, out) if x is not None and isinstance(out, torch.Tensor) else out
+
+    return run
 
 
 _OPAQUE_CLASSES: dict[type, type] = {}
@@ -401,20 +423,39 @@ def _graph(model: nn.Module, example: torch.Tensor, part: bool = False, opaque: 
             custom = {type(m): pruner for m in opaque}
         # An opaque module's output is cut from the autograd graph inside it (torch-pruning traces grad_fns, so
         # a leaf module's internals would otherwise still be traced): it depends on the module's input only.
-        cuts = [m.register_forward_hook(_cut_hook) for m in opaque]
+        for m in opaque:
+            m.forward = _cut_forward(m.forward)
         try:
             graph = tp.DependencyGraph().build_dependency(model, example_inputs=example, verbose=False,
                                                           customized_pruners=custom)
         finally:
-            for h in cuts:
-                h.remove()
+            for m in opaque:
+                del m.forward  # the instance attribute: the class's forward again
         limit = max(GROUPS_MIN_S, GROUPS_PER_BUILD * (time.monotonic() - start))
         with _time_limit(limit):
             for _ in graph.get_all_groups(ignored_layers=ignored, root_module_types=PRUNABLE):
                 pass
     except Exception as exc:
-        raise _TraceFailed(f"{type(exc).__name__}: {exc}") from None
+        raise _TraceFailed(f"{type(exc).__name__}: {_first_line(exc)}", _culprit(model, exc)) from None
     return graph, ignored
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0][:200].rstrip(".") if text else ""
+
+
+def _culprit(model: nn.Module, exc: BaseException) -> nn.Module | None:
+    """The innermost module of `model` whose forward was running when tracing failed (from the traceback)."""
+    inside = set(model.modules())
+    found = None
+    tb = exc.__traceback__
+    while tb is not None:
+        owner = tb.tb_frame.f_locals.get("self")
+        if isinstance(owner, nn.Module) and owner in inside and tb.tb_frame.f_code.co_name == "forward":
+            found = owner
+        tb = tb.tb_next
+    return found
 
 
 GROUPS_MIN_S = 5.0  # resolving the groups of a graph torch-pruning reads right takes a fraction of building it

@@ -67,7 +67,9 @@ def recalibrate_bn(model: nn.Module, batches: list[torch.Tensor]) -> nn.Module:
     for m in bns:
         m.reset_running_stats()
         m.momentum = None
-    model.train()
+    model.eval()  # only the norms learn statistics: dropout stays off, and train-only branches (Inception's
+    for m in bns:  # auxiliary head, which fails on small inputs) stay out of the way
+        m.train()
     for x in batches:
         model(x)
     for m, mom in zip(bns, saved):
