@@ -68,7 +68,7 @@ def _remote_options(f):
 @click.option("--batch-size", type=int, help="Batch size of the deployed artifact.  [default: 1]")
 @click.option("--threads", type=int, help="Runtime threads (CPU).  [default: the device's]")
 @click.option("--criterion", help="Filter importance: l1 | l2 | bn-scale | activation | taylor | random.  [default: l1]")
-@click.option("--allocation", type=click.Choice(["uniform", "global", "sensitivity"]), help="Per-layer pruning allocation.  [default: uniform]")
+@click.option("--allocation", type=click.Choice(["uniform", "global", "sensitivity", "latency"]), help="Per-layer pruning allocation.  [default: uniform]")
 @click.option("--channel-multiple", type=int, help="Round kept widths to this multiple.  [default: the device's]")
 @click.option("--distill/--no-distill", default=None, help="Distil from the unpruned model while fine-tuning.  [default: no]")
 @click.option("--bn-recalibration/--no-bn-recalibration", default=None, help="Recalibrate BatchNorm statistics after pruning.  [default: yes]")

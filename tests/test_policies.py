@@ -135,6 +135,42 @@ def test_sensitivity_allocation_needs_data(resnet20_base):
         Allocator(resnet20_base, EXAMPLE, 4, "sensitivity")
 
 
+def test_latency_allocation_prunes_harder_where_the_measured_time_goes(resnet20_base):
+    # a fake runtime: narrowing layer3's groups saves 20% each, anything else 1%; the allocation must cut
+    # layer3 deeper than the rest, from the measurements alone.
+    full = prunable_widths(resnet20_base, EXAMPLE)
+    probed = []
+
+    def measure(widths):
+        (name,) = [n for n in full if widths[n] != full[n]]  # one group narrowed per probe
+        probed.append(name)
+        return 0.80 if name.startswith("layer3") else 0.99
+
+    a = Allocator(resnet20_base, EXAMPLE, 4, "latency", measure=measure)
+    assert sorted(probed) == sorted(full)
+    assert a.latency_saving[probed[0]] == pytest.approx(0.20 if probed[0].startswith("layer3") else 0.01)
+    w = a.widths(0.4)
+    l3 = [w[n] / full[n] for n in full if n.startswith("layer3")]
+    rest = [w[n] / full[n] for n in full if not n.startswith("layer3")]
+    assert l3 and rest and max(l3) < min(rest)
+    assert a.describe()["latency_saving"] == a.latency_saving
+
+
+def test_latency_scales_treat_noise_as_the_floor_and_stay_bounded():
+    from edgeprune.pruning.allocation import latency_scales
+
+    full = {"a": 64, "b": 64, "c": 64, "tiny": 4}
+    scales = latency_scales(full, 8, {"a": 0.30, "b": -0.02, "c": 0.003, "tiny": 0.0})
+    assert scales["tiny"] == 1.0  # cannot be narrowed at multiple 8: not probed, not scaled
+    assert scales["b"] == scales["c"]  # a negative saving (noise) and one under the floor are the same
+    assert scales["a"] == 2.5 and scales["b"] == 0.25  # bounded
+
+
+def test_latency_allocation_needs_a_runtime(resnet20_base):
+    with pytest.raises(ConfigError, match="latency allocation"):
+        Allocator(resnet20_base, EXAMPLE, 4, "latency")
+
+
 # -- end to end (small, fast builds) ---------------------------------------------------------------------------
 
 FAST = dict(model="resnet20", input_shape=(1, 16, 16), train_epochs=1, finetune_epochs=1, measure_blocks=2,
@@ -195,3 +231,16 @@ def test_accuracy_tolerance_without_scorable_data_is_refused(fast, tmp_path):
     with pytest.raises(ConfigError, match="accuracy tolerance"):
         edgeprune.build(fast(model=f"{factory}:make", max_accuracy_drop=0.5))
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.slow
+def test_latency_allocation_build_times_each_group_on_the_runtime(fast):
+    import edgeprune
+
+    result = edgeprune.build(fast(allocation="latency", latency_budget="10x", max_iterations=1))
+    alloc = result.report["allocation"]
+    widths = result.report["iterations"][0]["widths"]
+    assert alloc["allocation"] == "latency"
+    assert set(alloc["latency_saving"]) == set(widths)
+    assert all(-1.0 < v < 1.0 for v in alloc["latency_saving"].values())
+    assert len({round(v, 3) for v in alloc["scales"].values()}) > 1  # measured, so not all alike

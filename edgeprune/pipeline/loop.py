@@ -17,6 +17,7 @@ import torch
 from .. import __version__
 from ..config import BuildConfig
 from ..errors import BudgetNotMet, ConfigError, ParityError
+from ..exporters.onnx import export_onnx
 from ..profiling.cost import model_cost
 from ..profiling.runners.onnxruntime import onnx_weight_bytes
 from ..profiling.stats import LatencyStats, paired_ratio, within_noise
@@ -253,7 +254,24 @@ class _Build:
         return Allocator(self.prep.model.module, self.example, self.multiple, cfg.allocation,
                          cfg.criterion, batches=data.labeled_batches(),
                          evaluate=(lambda m: accuracy_torch(m, data)) if can_score else None,
-                         recalibrate=lambda m: recalibrate_bn(m, data.calibration_batches()))
+                         recalibrate=lambda m: recalibrate_bn(m, data.calibration_batches()),
+                         measure=self._latency_probe if cfg.allocation == "latency" else None)
+
+    def _latency_probe(self, widths: dict[str, int]) -> float:
+        """Candidate / baseline latency of the model pruned to `widths` (no recovery: timing needs none), timed
+        interleaved with the baseline on the target runtime, with a quarter of a build's usual runs."""
+        self._probes = getattr(self, "_probes", 0) + 1
+        self.progress.stage("allocate", f"latency probe {self._probes} of {len(self.full_widths)}")
+        pruned = prune_model(self.prep.model.module, self.example, 0.0, self.multiple, "l1", widths=widths)
+        path = self.work / f"probe{self._probes:03d}" / "model.onnx"
+        path.parent.mkdir(parents=True)
+        export_onnx(pruned.model, self.prep.model.input_shape, self.config.batch_size, path)
+        deployed = self.prof.runner.prepare(path, path.parent)
+        warmup, iters, blocks = self._measure_args()
+        cand, base = self.prof.runner.measure_interleaved([deployed, self.exports[0].deployed], warmup,
+                                                          max(20, iters // 4), max(3, blocks // 2))
+        shutil.rmtree(path.parent, ignore_errors=True)
+        return paired_ratio(cand, base).ratio
 
     # -- one attempt -------------------------------------------------------------------------------------
     def _attempt(self, index: int, step: Step) -> dict[str, Any]:

@@ -5,6 +5,10 @@
   global pruning), so groups with many weak channels lose more.
 - sensitivity: each group is damaged alone (half its channels removed, BN recalibrated) and the accuracy drop
   measured on validation images (after SBPF); a group's ratio is scaled down by its sensitivity.
+- latency: each group is narrowed alone (half its channels) and the model timed on the target runtime against
+  the unpruned one (after NetAdapt's per-layer empirical measurements and HALP's latency-aware allocation, in one
+  shot rather than their iterative searches); a group's ratio is scaled up by the latency its channels carry, so
+  channels are removed where the measured time goes, not where the MACs are.
 The loop searches the scalar; an Allocator turns it into widths, always the same way within one build.
 """
 from __future__ import annotations
@@ -21,20 +25,22 @@ from .prune import prunable_widths, prune_model, root_groups, round_width
 
 log = logging.getLogger(__name__)
 
-ALLOCATIONS = ("uniform", "global", "sensitivity")
+ALLOCATIONS = ("uniform", "global", "sensitivity", "latency")
 
 
 class Allocator:
     def __init__(self, model: nn.Module, example: torch.Tensor, multiple: int, allocation: str = "uniform",
                  criterion: str = "l1", batches: Sequence[tuple[torch.Tensor, torch.Tensor]] | None = None,
                  evaluate: Callable[[nn.Module], float] | None = None,
-                 recalibrate: Callable[[nn.Module], None] | None = None):
+                 recalibrate: Callable[[nn.Module], None] | None = None,
+                 measure: Callable[[dict[str, int]], float] | None = None):
         if allocation not in ALLOCATIONS:
             raise ConfigError(f"unknown allocation {allocation!r}: use one of {', '.join(ALLOCATIONS)}")
         self.allocation, self.multiple = allocation, multiple
         self.full = prunable_widths(model, example)
         self.scales = {name: 1.0 for name in self.full}
         self.sensitivity: dict[str, float] = {}
+        self.latency_saving: dict[str, float] = {}
         self.scores: dict[str, np.ndarray] = {}
         if allocation == "global":
             self.scores = group_scores(model, example, criterion, batches)
@@ -46,6 +52,12 @@ class Allocator:
             weights = 1.0 / (drops + max(0.5, 0.1 * drops.max()))  # smoothed: a zero drop is not infinitely safe
             weights = weights / weights.mean()
             self.scales = {n: float(w) for n, w in zip(self.full, weights)}
+        elif allocation == "latency":
+            if measure is None:
+                raise ConfigError("latency allocation needs a runtime to time the model on: use a device whose "
+                                  "runner can run here (edgeprune devices)")
+            self.latency_saving = measure_latency_saving(self.full, multiple, measure)
+            self.scales = latency_scales(self.full, multiple, self.latency_saving)
 
     def widths(self, ratio: float) -> dict[str, int]:
         if self.allocation == "global":
@@ -65,7 +77,7 @@ class Allocator:
 
     def describe(self) -> dict:
         return {"allocation": self.allocation, "channel_multiple": self.multiple, "scales": self.scales,
-                "sensitivity": self.sensitivity or None}
+                "sensitivity": self.sensitivity or None, "latency_saving": self.latency_saving or None}
 
 
 def group_scores(model: nn.Module, example: torch.Tensor, criterion: str,
@@ -110,3 +122,37 @@ def measure_sensitivity(model: nn.Module, example: torch.Tensor, multiple: int, 
         out[name] = base - evaluate(damaged)
         log.debug("sensitivity %s: %.2f points", name, out[name])
     return out
+
+
+PROBE_RATIO = 0.5  # how far each group is narrowed, alone, to see what its channels cost in time
+
+
+def measure_latency_saving(full: dict[str, int], multiple: int,
+                           measure: Callable[[dict[str, int]], float]) -> dict[str, float]:
+    """Fraction of the unpruned latency saved when each group alone loses half its channels (rounded to the
+    channel multiple), as `measure(widths)` (the candidate / baseline ratio on the target runtime) reports."""
+    out = {}
+    for name, c in full.items():
+        kept = round_width(c, PROBE_RATIO, multiple)
+        if kept >= c:
+            out[name] = 0.0
+            continue
+        out[name] = 1.0 - measure({**full, name: kept})
+        log.debug("latency probe %s: %d -> %d channels saves %.1f%%", name, c, kept, 100 * out[name])
+    return out
+
+
+def latency_scales(full: dict[str, int], multiple: int, saving: dict[str, float],
+                   floor: float = 0.005, bounds: tuple[float, float] = (0.25, 2.5)) -> dict[str, float]:
+    """Per-group ratio scales from measured savings per channel removed: a group whose channels carry more
+    time is pruned harder. Savings under `floor` (timing noise) count as the floor; scales average 1 over the
+    groups that can be narrowed and stay within `bounds`."""
+    eff = {}
+    for name, c in full.items():
+        removed = 1.0 - round_width(c, PROBE_RATIO, multiple) / c
+        if removed > 0:
+            eff[name] = max(saving.get(name, 0.0), floor) / removed
+    if not eff:
+        return {n: 1.0 for n in full}
+    mean = float(np.mean(list(eff.values())))
+    return {n: float(np.clip(eff[n] / mean, *bounds)) if n in eff else 1.0 for n in full}
