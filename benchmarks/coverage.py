@@ -158,6 +158,7 @@ def main() -> None:
     ap.add_argument("--blocks", type=int, default=6)
     ap.add_argument("--timeout", type=int, default=1500, help="seconds per model")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "coverage.json")
+    ap.add_argument("--resume", action="store_true", help="keep the models already in --out, run the rest")
     ap.add_argument("--one", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.one:  # the child process
@@ -173,8 +174,13 @@ def main() -> None:
     if args.models:
         wanted = [w.strip() for w in args.models.split(",") if w.strip()]
         names = [n for n in names if any(n == w or n.startswith(w) for w in wanted)]
-    results = []
+    done = {}
+    if args.resume and args.out.exists():
+        done = {r["model"]: r for r in json.loads(args.out.read_text())["models"]}
+    results = [done[n] for n in names if n in done]
     for i, name in enumerate(names, 1):
+        if name in done:
+            continue
         cmd = [sys.executable, __file__, "--one", name, "--ratio", str(args.ratio), "--channel-multiple",
                str(args.channel_multiple), "--iters", str(args.iters), "--blocks", str(args.blocks)]
         if args.no_latency:
@@ -192,6 +198,7 @@ def main() -> None:
         res.setdefault("seconds", round(time.perf_counter() - t, 1))
         results.append(res)
         print(f"[{i}/{len(names)}] {row(res)}", flush=True)
+        write(args, results, quiet=True)  # after every model: an interrupted sweep keeps what it measured
     write(args, results)
 
 
@@ -207,7 +214,7 @@ def row(r: dict) -> str:
             f"{r.get('seconds', 0):6.1f} s  {status}")
 
 
-def write(args, results: list[dict]) -> None:
+def write(args, results: list[dict], quiet: bool = False) -> None:
     fams: dict[str, list[dict]] = {}
     for r in results:
         fams.setdefault(r["family"], []).append(r)
@@ -220,13 +227,14 @@ def write(args, results: list[dict]) -> None:
                       "min_speedup": min(sps) if sps else None,
                       "median_macs_reduction": statistics.median(macs) if macs else None}
     passed = sum(r["ok"] for r in results)
-    print(f"\n{passed}/{len(results)} models pass (prune, export, parity, fewer params and MACs)\n")
-    print(f"{'family':16s} {'models':>6s} {'pass':>5s} {'median speed-up':>16s} {'min':>6s} {'MACs /':>7s}")
-    for f, s in sorted(summary.items()):
-        med = f"{s['median_speedup']:.2f}x" if s["median_speedup"] else "-"
-        mn = f"{s['min_speedup']:.2f}x" if s["min_speedup"] else "-"
-        mac = f"{s['median_macs_reduction']:.2f}x" if s["median_macs_reduction"] else "-"
-        print(f"{f:16s} {s['models']:6d} {s['passed']:5d} {med:>16s} {mn:>6s} {mac:>7s}")
+    if not quiet:
+        print(f"\n{passed}/{len(results)} models pass (prune, export, parity, fewer params and MACs)\n")
+        print(f"{'family':16s} {'models':>6s} {'pass':>5s} {'median speed-up':>16s} {'min':>6s} {'MACs /':>7s}")
+        for f, s in sorted(summary.items()):
+            med = f"{s['median_speedup']:.2f}x" if s["median_speedup"] else "-"
+            mn = f"{s['min_speedup']:.2f}x" if s["min_speedup"] else "-"
+            mac = f"{s['median_macs_reduction']:.2f}x" if s["median_macs_reduction"] else "-"
+            print(f"{f:16s} {s['models']:6d} {s['passed']:5d} {med:>16s} {mn:>6s} {mac:>7s}")
     from edgeprune.profiling.devices import _cpu_model as cpu_model
     from edgeprune.pipeline.loop import versions
 
@@ -240,7 +248,8 @@ def write(args, results: list[dict]) -> None:
            "models": [{k: v for k, v in r.items() if k != "traceback"} for r in results],
            "failures": {r["model"]: r.get("traceback", r.get("reason")) for r in results if not r["ok"]}}
     args.out.write_text(json.dumps(doc, indent=1) + "\n")
-    print(f"\nwrote {args.out}")
+    if not quiet:
+        print(f"\nwrote {args.out}")
 
 
 if __name__ == "__main__":

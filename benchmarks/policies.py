@@ -52,7 +52,7 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--budgets", type=float, nargs="+", default=[0.7, 0.5, 0.35])
     ap.add_argument("--criteria", nargs="+", default=["activation", "l1", "l2", "bn-scale", "taylor", "random"])
-    ap.add_argument("--allocations", nargs="+", default=["uniform", "global", "sensitivity"])
+    ap.add_argument("--allocations", nargs="+", default=["uniform", "global", "sensitivity", "latency"])
     ap.add_argument("--recovery", choices=["both", "on", "off"], default="both")
     ap.add_argument("--finetune-epochs", type=int, default=10)
     ap.add_argument("--channel-multiple", type=int, default=None)

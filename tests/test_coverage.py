@@ -152,3 +152,17 @@ def test_a_model_over_the_protobuf_cap_is_exported_with_external_data(tmp_path, 
     out = ort.InferenceSession(str(res.path), providers=["CPUExecutionProvider"]).run(None, {"input": x.numpy()})[0]
     with torch.no_grad():
         assert onnx_export.check_parity(model(x).numpy(), out).ok
+
+
+def test_the_trace_time_limit_counts_afresh_per_group_and_stops_a_hung_one():
+    import time as _time
+
+    from edgeprune.pruning import prune as P
+
+    with P._time_limit(1.0) as rearm:  # five steps of 0.3 s: over the limit in all, each well under it
+        for _ in range(5):
+            _time.sleep(0.3)
+            rearm()
+    with pytest.raises(P._TimeLimit):
+        with P._time_limit(0.5):
+            _time.sleep(3)

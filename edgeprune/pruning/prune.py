@@ -431,10 +431,10 @@ def _graph(model: nn.Module, example: torch.Tensor, part: bool = False, opaque: 
         finally:
             for m in opaque:
                 del m.forward  # the instance attribute: the class's forward again
-        limit = max(GROUPS_MIN_S, GROUPS_PER_BUILD * (time.monotonic() - start))
-        with _time_limit(limit):
+        limit = max(GROUP_MIN_S, GROUP_PER_BUILD * (time.monotonic() - start))
+        with _time_limit(limit) as rearm:
             for _ in graph.get_all_groups(ignored_layers=ignored, root_module_types=PRUNABLE):
-                pass
+                rearm()  # the limit is per group: a large graph has many groups, each resolved quickly
     except Exception as exc:
         raise _TraceFailed(f"{type(exc).__name__}: {_first_line(exc)}", _culprit(model, exc)) from None
     return graph, ignored
@@ -458,8 +458,8 @@ def _culprit(model: nn.Module, exc: BaseException) -> nn.Module | None:
     return found
 
 
-GROUPS_MIN_S = 5.0  # resolving the groups of a graph torch-pruning reads right takes a fraction of building it
-GROUPS_PER_BUILD = 20.0
+GROUP_MIN_S = 10.0  # one group of a graph torch-pruning reads right resolves in well under a second
+GROUP_PER_BUILD = 10.0
 
 
 class _TimeLimit(Exception):
@@ -469,9 +469,10 @@ class _TimeLimit(Exception):
 
 @contextlib.contextmanager
 def _time_limit(seconds: float):
-    """Raise _TimeLimit after `seconds` of wall time (SIGALRM: main thread only; elsewhere no limit)."""
+    """Raise _TimeLimit after `seconds` of wall time, counted afresh each time the yielded rearm() is called
+    (SIGALRM: main thread only; elsewhere no limit)."""
     if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "setitimer"):
-        yield
+        yield lambda: None
         return
 
     def expire(signum, frame):
@@ -480,7 +481,7 @@ def _time_limit(seconds: float):
     previous = signal.signal(signal.SIGALRM, expire)
     signal.setitimer(signal.ITIMER_REAL, seconds)
     try:
-        yield
+        yield lambda: signal.setitimer(signal.ITIMER_REAL, seconds)
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, previous)
