@@ -72,7 +72,7 @@ class GroupedNet(nn.Module):
 def test_grouped_convolution_keeps_its_groups_with_equal_slices():
     model = GroupedNet().eval()
     x = torch.randn(2, 3, 16, 16)
-    res = prune_model(model, x[:1], ratio=0.5, multiple=8)
+    res = prune_model(model, x[:1], ratio=0.5, multiple=4)
     g = res.model.grouped
     assert g.groups == 4 and g.out_channels == 16 and g.in_channels == 16
     assert res.model.gn.num_groups == 4 and res.model.gn.num_channels == 16
@@ -166,3 +166,12 @@ def test_the_trace_time_limit_counts_afresh_per_group_and_stops_a_hung_one():
     with pytest.raises(P._TimeLimit):
         with P._time_limit(0.5):
             _time.sleep(3)
+
+
+def test_group_width_keeps_slices_aligned_to_the_multiple_when_they_were():
+    from edgeprune.pruning.prune import group_width
+
+    assert group_width(512, 0.3, 8, 4) == 4 * 88  # 128 per group -> 88, not the nearest-total 90
+    assert group_width(48, 0.3, 8, 2) == 2 * 16  # 24 -> 16
+    assert group_width(128, 0.3, 8, 32) == 32 * 3  # 4 per group: narrower than the multiple, narrowed alike
+    assert group_width(64, 0.3, 8, 1) == 48
