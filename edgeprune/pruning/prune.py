@@ -123,9 +123,9 @@ def group_width(channels: int, ratio: float, multiple: int, channel_groups: int 
         return round_width(channels, ratio, multiple)
     per = channels // channel_groups
     if per % multiple == 0:
-        # Slices already a multiple wide stay so: ONNX Runtime's grouped convolution runs much slower on slices
-        # that are not (measured, benchmarks/coverage.py: RegNetX-16GF at 128 -> 90 per group gained 1.01x
-        # for 2.06x fewer MACs; RegNetX-1.6GF at 24 -> 16 gained 2.38x).
+        # Slices already a multiple wide stay so: ONNX Runtime's grouped convolution runs far slower on slices
+        # that are not a multiple of the SIMD block (benchmarks/grouped_conv.py, AVX-512: 88 per group ran at
+        # 44 GMAC/s, 80 and 96 at 64-66; RegNetX-1.6GF pruned 24 -> 16 per group gained 2.38x).
         return channel_groups * round_width(per, ratio, multiple)
     step = max(1, multiple // math.gcd(multiple, channel_groups))
     return channel_groups * round_width(per, ratio, step)
