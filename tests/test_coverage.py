@@ -175,3 +175,32 @@ def test_group_width_keeps_slices_aligned_to_the_multiple_when_they_were():
     assert group_width(48, 0.3, 8, 2) == 2 * 16  # 24 -> 16
     assert group_width(128, 0.3, 8, 32) == 32 * 3  # 4 per group: narrower than the multiple, narrowed alike
     assert group_width(64, 0.3, 8, 1) == 48
+
+
+def test_build_of_an_unprunable_model_is_one_error_line_naming_the_layer(tmp_path, edgeprune_cache):
+    from click.testing import CliRunner
+
+    from edgeprune.cli import main
+
+    factory = tmp_path / "net.py"
+    factory.write_text(
+        "import numpy as np, torch, torch.nn as nn\n"
+        "class NumpyOp(nn.Module):\n"
+        "    def forward(self, x):\n"
+        "        return torch.from_numpy(np.maximum(x.numpy(), 0.0))\n"
+        "class Net(nn.Module):\n"
+        "    def __init__(self):\n"
+        "        super().__init__()\n"
+        "        self.conv, self.op, self.head = nn.Conv2d(1, 16, 3), NumpyOp(), nn.Linear(16, 10)\n"
+        "    def forward(self, x):\n"
+        "        return self.head(self.op(self.conv(x)).mean((2, 3)))\n"
+        "def make():\n"
+        "    return Net()\n")
+    out = tmp_path / "out"
+    result = CliRunner().invoke(main, ["build", "--model", f"{factory}:make", "--input-shape", "1,8,8",
+                                       "--train-epochs", "1", "--out", str(out), "--quiet"])
+    assert result.exit_code == 2, (result.stderr, result.exception)
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("edgeprune: error: nothing in this model can be pruned")
+    assert "op (NumpyOp)" in lines[0] and "Traceback" not in result.output
+    assert not out.exists()

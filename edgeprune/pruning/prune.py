@@ -93,9 +93,11 @@ def prunable_widths(model: nn.Module, example: torch.Tensor) -> dict[str, int]:
     widths = {g.name: g.channels for g in root_groups(model, example, parts)}
     restore_classes(model)
     if not widths:
-        why = next((p.note for p in parts if p.note), "") or "it has no convolution or linear layer (other than " \
-            "the classifier output) whose output channels can be removed"
-        raise ModelLoadError(f"nothing in this model can be pruned: {why}; no layer outside it can be pruned alone")
+        note = next((p.note for p in parts if p.note), "")
+        why = f"{note}, and no layer outside it can be pruned alone" if note else (
+            "it has no convolution or linear layer (other than the classifier output) whose output channels can "
+            "be removed")
+        raise ModelLoadError(f"nothing in this model can be pruned: {why}")
     return widths
 
 
