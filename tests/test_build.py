@@ -451,7 +451,7 @@ BAD_INPUTS = {
     "factory returns a tuple": (ModelLoadError, lambda tmp: {"model": f"{_factories(tmp)}:pair"}),
     "factory returns no module": (ModelLoadError, lambda tmp: {"model": f"{_factories(tmp)}:not_a_module"}),
     "factory name missing": (ModelLoadError, lambda tmp: {"model": f"{_factories(tmp)}:nope"}),
-    "factory without prunable layers": (ConfigError, lambda tmp: {"model": f"{_factories(tmp)}:no_layers"}),
+    "factory without prunable layers": (ModelLoadError, lambda tmp: {"model": f"{_factories(tmp)}:no_layers"}),
     ".pt holding a state dict": (ModelLoadError, lambda tmp: {"model": _state_dict_as_model(tmp)}),
     ".pt holding a plain dict": (ModelLoadError, lambda tmp: {"model": _dict_as_model(tmp)}),
 }

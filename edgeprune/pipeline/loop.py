@@ -102,9 +102,7 @@ class _Build:
         shape = self.prep.model.input_shape
         self.example = torch.zeros(1, *shape)
         base = self.prep.model.module
-        self.full_widths = prunable_widths(base, self.example)
-        if not self.full_widths:
-            raise ConfigError(f"model {cfg.model} has no layer that structural pruning can shrink")
+        self.full_widths = prunable_widths(base, self.example)  # raises, naming why, when nothing can be pruned
 
         self.progress.stage("baseline", "export, parity, measure, accuracy")
         self.models[0] = base
