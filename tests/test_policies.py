@@ -244,3 +244,25 @@ def test_latency_allocation_build_times_each_group_on_the_runtime(fast):
     assert set(alloc["latency_saving"]) == set(widths)
     assert all(-1.0 < v < 1.0 for v in alloc["latency_saving"].values())
     assert len({round(v, 3) for v in alloc["scales"].values()}) > 1  # measured, so not all alike
+
+
+@pytest.mark.parametrize("scale", [0.25, 1.0, 2.5])
+def test_scaled_ratio_is_monotonic_and_reaches_deep_for_any_scale(scale):
+    from edgeprune.pipeline.loop import DEEPEST_RATIO
+    from edgeprune.pruning.allocation import scaled_ratio
+
+    rs = [scaled_ratio(r, scale) for r in (0.0, 0.3, 0.6, 0.9, 0.97)]
+    assert rs[0] == 0.0 and all(a < b or a == b == max(rs) for a, b in zip(rs, rs[1:]))
+    assert max(rs) < DEEPEST_RATIO  # the deepest step itself stays the allocation's own (every group narrowest)
+    assert scaled_ratio(0.5, 1.0) == pytest.approx(0.5)
+    assert scaled_ratio(0.97, scale) > 0.58  # even a quarter scale keeps well under half at the edge of the search
+
+
+def test_scaled_allocations_reach_every_groups_narrowest_width_at_the_deepest_step(resnet20_base):
+    from edgeprune.pipeline.loop import DEEPEST_RATIO
+
+    full = prunable_widths(resnet20_base, EXAMPLE)
+    a = Allocator(resnet20_base, EXAMPLE, 8, "latency",
+                  measure=lambda w: 0.8 if w["conv1"] != full["conv1"] else 1.0)
+    assert min(a.scales.values()) < 1.0 < max(a.scales.values())
+    assert a.widths(DEEPEST_RATIO) == {n: round_width(c, DEEPEST_RATIO, 8) for n, c in full.items()}

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError
-from .prune import prunable_widths, prune_model, root_groups, round_width
+from .prune import DEEPEST_RATIO, prunable_widths, prune_model, root_groups, round_width
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +62,9 @@ class Allocator:
     def widths(self, ratio: float) -> dict[str, int]:
         if self.allocation == "global":
             return self._global(ratio)
-        return {n: round_width(c, min(0.98, ratio * self.scales[n]), self.multiple) for n, c in self.full.items()}
+        if ratio >= DEEPEST_RATIO:  # the deepest step is every group at its narrowest, whatever its scale
+            return {n: round_width(c, DEEPEST_RATIO, self.multiple) for n, c in self.full.items()}
+        return {n: round_width(c, scaled_ratio(ratio, self.scales[n]), self.multiple) for n, c in self.full.items()}
 
     def _global(self, ratio: float) -> dict[str, int]:
         if ratio <= 0:
@@ -122,6 +124,13 @@ def measure_sensitivity(model: nn.Module, example: torch.Tensor, multiple: int, 
         out[name] = base - evaluate(damaged)
         log.debug("sensitivity %s: %.2f points", name, out[name])
     return out
+
+
+def scaled_ratio(ratio: float, scale: float) -> float:
+    """A group's ratio for the searched `ratio` and its scale: 1 - (1 - ratio)^scale keeps the fraction *kept*
+    multiplicative, so a group scaled below 1 is pruned less yet still approaches its narrowest width as the
+    search goes deeper (ratio x scale, capped, left such groups far from it and a budget out of reach)."""
+    return min(1.0 - (1.0 - ratio) ** scale, DEEPEST_RATIO - 1e-6)
 
 
 PROBE_RATIO = 0.5  # how far each group is narrowed, alone, to see what its channels cost in time
