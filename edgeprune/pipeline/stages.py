@@ -45,17 +45,22 @@ def profile_stage(config: BuildConfig, work: Path | None = None) -> Profile:
     if config.remote:
         return _remote_profile(config, work)
     host = detect_host()
-    device = resolve_device(config.device, host)
-    why = measurable_here(device, host)
-    if why:
-        raise RuntimeUnavailable(f"device {device.name} cannot be measured here: {why}")
-    threads = config.threads if config.threads is not None else device.threads
+    device, threads = _measurable_device(config, host, "here")
     runner, fallback = choose_runner(device, lambda name: get_runner(
         name, **runner_options(config, threads, device, work, name)))
     monitor = JetsonMonitor()
     if monitor.available:  # a Jetson: memory, GPU load, power and clocks recorded around every measurement
         runner = MonitoredRunner(runner, monitor)
     return Profile(device, host, runner, threads, fallback)
+
+
+def _measurable_device(config: BuildConfig, host, where: str):
+    """The target's spec and thread count, if `host` (this one or the far side) can measure it."""
+    device = resolve_device(config.device, host)
+    why = measurable_here(device, host)
+    if why:
+        raise RuntimeUnavailable(f"device {device.name} cannot be measured {where}: {why}")
+    return device, config.threads if config.threads is not None else device.threads
 
 
 def _remote_profile(config: BuildConfig, work: Path | None) -> Profile:
@@ -65,11 +70,7 @@ def _remote_profile(config: BuildConfig, work: Path | None) -> Profile:
                               ssh_options=config.remote_ssh_options)
     try:
         host = session.host
-        device = resolve_device(config.device, host)
-        why = measurable_here(device, host)
-        if why:
-            raise RuntimeUnavailable(f"device {device.name} cannot be measured on {session.target}: {why}")
-        threads = config.threads if config.threads is not None else device.threads
+        device, threads = _measurable_device(config, host, f"on {session.target}")
         runner, fallback = choose_runner(device, lambda name: RemoteRunner(
             session, name, runner_options(config, threads, device, work, name)))
     except BaseException:
