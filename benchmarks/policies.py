@@ -58,6 +58,9 @@ def main() -> None:
     ap.add_argument("--channel-multiple", type=int, default=None)
     ap.add_argument("--max-iterations", type=int, default=5)
     ap.add_argument("--skip-policies", action="store_true", help="only the criterion x allocation grid")
+    ap.add_argument("--skip-grid", action="store_true", help="only the accuracy-critical and memory-constrained builds")
+    ap.add_argument("--policy-iterations", type=int, default=8,
+                    help="iteration cap of the accuracy-critical and memory-constrained builds")
     ap.add_argument("--json", default=str(ROOT / "benchmarks" / "results" / "policies.json"))
     args = ap.parse_args()
     if args.quick:
@@ -66,31 +69,41 @@ def main() -> None:
         args.finetune_epochs = 5
     recoveries = {"both": [True, False], "on": [True], "off": [False]}[args.recovery]
     rows, policies = [], []
+
+    def save() -> dict:  # after every build: a stopped run keeps what it measured
+        result = {"args": vars(args), "grid": rows, "policies": policies, "summary": summarize(rows)}
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+        return result
+
     with tempfile.TemporaryDirectory() as tmp:
         os.environ["EDGEPRUNE_CACHE"] = os.environ.get("EDGEPRUNE_CACHE", str(Path(tmp) / "cache"))
         base = {"model": args.model, "max_iterations": args.max_iterations,
                 "channel_multiple": args.channel_multiple}
-        for seed, budget, crit, alloc, rec in itertools.product(args.seeds, args.budgets, args.criteria,
-                                                                 args.allocations, recoveries):
+        grid = [] if args.skip_grid else itertools.product(args.seeds, args.budgets, args.criteria,
+                                                            args.allocations, recoveries)
+        for seed, budget, crit, alloc, rec in grid:
             print(f"seed {seed} budget {budget}x {crit}/{alloc} recovery {'on' if rec else 'off'}", flush=True)
             kw = {**base, "seed": seed, "latency_budget": f"{budget}x", "criterion": crit, "allocation": alloc,
                   "finetune_epochs": args.finetune_epochs if rec else 0, "bn_recalibration": rec}
             rows.append({"seed": seed, "budget": budget, "criterion": crit, "allocation": alloc, "recovery": rec,
                          **run(kw, Path(tmp) / "out")})
+            save()
         if not args.skip_policies:
             for seed in args.seeds:
-                kw = {**base, "seed": seed, "finetune_epochs": args.finetune_epochs, "criterion": "activation"}
+                kw = {**base, "seed": seed, "finetune_epochs": args.finetune_epochs, "criterion": "activation",
+                      "max_iterations": args.policy_iterations}
                 print(f"seed {seed} accuracy-critical P=0.5", flush=True)
                 policies.append({"seed": seed, "case": "accuracy-critical P=0.5",
                                  **run({**kw, "max_accuracy_drop": 0.5}, Path(tmp) / "out")})
+                save()
                 base_mb = policies[-1]["baseline_weights_mb"]
                 for frac in (0.5, 0.25):
                     print(f"seed {seed} memory-constrained {frac:.0%}", flush=True)
                     policies.append({"seed": seed, "case": f"memory-constrained {frac:.0%}", "budget_mb": base_mb * frac,
                                      **run({**kw, "memory_budget_mb": base_mb * frac}, Path(tmp) / "out")})
-    result = {"args": vars(args), "grid": rows, "policies": policies, "summary": summarize(rows)}
-    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+                    save()
+    result = save()
     print_tables(rows, policies, result["summary"])
     plot(rows, Path(args.json).with_suffix(".png"))
     print(f"\nwrote {args.json}")

@@ -266,3 +266,15 @@ def test_scaled_allocations_reach_every_groups_narrowest_width_at_the_deepest_st
                   measure=lambda w: 0.8 if w["conv1"] != full["conv1"] else 1.0)
     assert min(a.scales.values()) < 1.0 < max(a.scales.values())
     assert a.widths(DEEPEST_RATIO) == {n: round_width(c, DEEPEST_RATIO, 8) for n, c in full.items()}
+
+
+def test_global_allocation_reaches_every_groups_narrowest_width_at_the_deepest_step(resnet20_base):
+    # ranked by a quantile, a group whose scores are spread keeps its strongest channels past where the others
+    # have reached their narrowest; the deepest step must still be every group at its narrowest
+    from edgeprune.pipeline.loop import DEEPEST_RATIO
+
+    full = prunable_widths(resnet20_base, EXAMPLE)
+    a = Allocator(resnet20_base, EXAMPLE, 8, "global")
+    narrowest = {n: round_width(c, DEEPEST_RATIO, 8) for n, c in full.items()}
+    assert a._global(DEEPEST_RATIO) != narrowest  # what the quantile alone gives
+    assert a.widths(DEEPEST_RATIO) == narrowest

@@ -60,10 +60,10 @@ class Allocator:
             self.scales = latency_scales(self.full, multiple, self.latency_saving)
 
     def widths(self, ratio: float) -> dict[str, int]:
+        if ratio >= DEEPEST_RATIO:  # the deepest step is every group at its narrowest, whatever the allocation
+            return {n: round_width(c, DEEPEST_RATIO, self.multiple) for n, c in self.full.items()}
         if self.allocation == "global":
             return self._global(ratio)
-        if ratio >= DEEPEST_RATIO:  # the deepest step is every group at its narrowest, whatever its scale
-            return {n: round_width(c, DEEPEST_RATIO, self.multiple) for n, c in self.full.items()}
         return {n: round_width(c, scaled_ratio(ratio, self.scales[n]), self.multiple) for n, c in self.full.items()}
 
     def _global(self, ratio: float) -> dict[str, int]:
