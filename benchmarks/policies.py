@@ -105,7 +105,8 @@ def main() -> None:
                     save()
     result = save()
     print_tables(rows, policies, result["summary"])
-    plot(rows, Path(args.json).with_suffix(".png"))
+    if rows:
+        plot(rows, Path(args.json).with_suffix(".png"))
     print(f"\nwrote {args.json}")
 
 

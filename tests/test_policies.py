@@ -233,6 +233,20 @@ def test_accuracy_tolerance_without_scorable_data_is_refused(fast, tmp_path):
     assert not (tmp_path / "out").exists()
 
 
+def test_accuracy_tolerance_the_unpruned_artifact_already_fails_is_a_broken_export(fast, tmp_path, monkeypatch):
+    # the unpruned model scores 10 points more in PyTorch than its ONNX artifact does in the runtime: no pruning
+    # can meet a 0.5-point tolerance, and the build must say the export is at fault, not search
+    import edgeprune
+    from edgeprune.errors import ParityError
+    from edgeprune.pipeline import loop
+
+    real = loop.accuracy_torch
+    monkeypatch.setattr(loop, "accuracy_torch", lambda model, data: real(model, data) + 10.0)
+    with pytest.raises(ParityError, match="export is broken"):
+        edgeprune.build(fast(max_accuracy_drop=0.5))
+    assert not (tmp_path / "out").exists()
+
+
 @pytest.mark.slow
 def test_latency_allocation_build_times_each_group_on_the_runtime(fast):
     import edgeprune
