@@ -56,6 +56,7 @@ def main() -> None:
     ap.add_argument("--recovery", choices=["both", "on", "off"], default="both")
     ap.add_argument("--finetune-epochs", type=int, default=10)
     ap.add_argument("--channel-multiple", type=int, default=None)
+    ap.add_argument("--distill", action="store_true", help="fine-tune with distillation from the unpruned model")
     ap.add_argument("--max-iterations", type=int, default=5)
     ap.add_argument("--skip-policies", action="store_true", help="only the criterion x allocation grid")
     ap.add_argument("--skip-grid", action="store_true", help="only the accuracy-critical and memory-constrained builds")
@@ -85,7 +86,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         os.environ["EDGEPRUNE_CACHE"] = os.environ.get("EDGEPRUNE_CACHE", str(Path(tmp) / "cache"))
         base = {"model": args.model, "max_iterations": args.max_iterations,
-                "channel_multiple": args.channel_multiple}
+                "channel_multiple": args.channel_multiple, "distill": args.distill}
         grid = [] if args.skip_grid else itertools.product(args.seeds, args.budgets, args.criteria,
                                                             args.allocations, recoveries)
         for seed, budget, crit, alloc, rec in grid:
