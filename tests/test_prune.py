@@ -38,17 +38,20 @@ def test_round_width_properties(multiple):
             kept = round_width(channels, ratio, multiple)
             assert isinstance(kept, int)
             assert 1 <= kept <= channels  # never zero, never above the original
-            # half a multiple (m >= 8) only at the deepest ratio: narrower than one SIMD block, the last resort
+            exact = channels * (1 - ratio)
+            # half a multiple (m >= 8) only where the unrounded width is at or below it, or at the deepest ratio
             floor = multiple // 2 if multiple >= 8 else multiple
-            if channels <= floor or (channels <= multiple and ratio < DEEPEST_RATIO):
+            if channels <= floor:
                 assert kept == channels  # nothing to round to: left whole
                 continue
-            # a multiple of `multiple`, unless clamped to the original width or at the floor
-            assert kept % multiple == 0 or kept in (channels, floor)
-            assert kept >= floor
-            exact = channels * (1 - ratio)
-            if multiple < kept < channels:  # not clamped: the nearest multiple
-                assert abs(kept - exact) <= multiple / 2 + 1e-9
+            if exact <= floor or ratio >= DEEPEST_RATIO:
+                assert kept == floor
+            elif channels <= multiple:
+                assert kept == channels  # not yet down to the floor, and no multiple below it
+            else:
+                assert kept % multiple == 0 or kept == channels  # a multiple, unless clamped to the original
+                if kept < channels:
+                    assert abs(kept - exact) <= multiple / 2 + 1e-9  # the nearest one
             if prev is not None:
                 assert kept <= prev  # more pruning never keeps more channels
             prev = kept
@@ -58,9 +61,25 @@ def test_round_width_avoids_round_to_trap():
     # torch-pruning's round_to floors: a 16-channel layer at 10% goes to 8 with multiple 8. Here it stays 16.
     assert round_width(16, 0.1, 8) == 16
     assert round_width(64, 0.1, 8) == 56
-    assert round_width(16, 0.9, 8) == 8  # one multiple at ordinary ratios, never 0
-    assert round_width(16, 0.99, 8) == 4  # half a multiple only at the deepest ratio
+    assert round_width(16, 0.7, 8) == 8  # one multiple while the exact width (4.8) is above half of one
+    assert round_width(16, 0.75, 8) == 4  # half a multiple once the exact width is down to it
+    assert round_width(64, 0.9, 8) == 8 and round_width(64, 0.94, 8) == 4
+    assert round_width(16, 0.25, 16) == 16 and round_width(16, 0.5, 16) == 8  # a layer one multiple wide
+    assert round_width(16, 0.99, 8) == 4  # every layer at half a multiple at the deepest ratio
     assert round_width(16, 0.99, 4) == 4  # below 8 the floor is the multiple itself
+
+
+def test_round_width_leaves_widths_between_one_multiple_and_the_deepest():
+    # ResNet-56's stages (16, 32, 64 channels) at multiple 8: between every stage at one multiple and every
+    # stage at half of one, each stage reaches half a multiple at its own ratio, so a budget can land between
+    stages = (16, 32, 64)
+    ladder = []
+    for r in (0.70, 0.80, 0.90, 0.95, DEEPEST_RATIO):
+        widths = tuple(round_width(c, r, 8) for c in stages)
+        if widths not in ladder:
+            ladder.append(widths)
+    assert ladder[0] == (8, 8, 16) and ladder[-1] == (4, 4, 4)
+    assert len(ladder) >= 4  # at least two models strictly between
 
 
 @pytest.mark.parametrize("channels, multiple", [(10, 4), (9, 4), (100, 8)])
