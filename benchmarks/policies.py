@@ -77,7 +77,7 @@ def main() -> None:
 
     def save() -> dict:  # after every build: a stopped run keeps what it measured
         summary = summarize(rows)
-        result = {"args": vars(args), "grid": rows, "policies": policies, "summary": summary,
+        result = {"args": vars(args), "commit": _commit(), "grid": rows, "policies": policies, "summary": summary,
                   "comparison": compare(summary)}
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
@@ -115,6 +115,13 @@ def main() -> None:
     if rows:
         plot(rows, Path(args.json).with_suffix(".png"))
     print(f"\nwrote {args.json}")
+
+
+def _commit() -> str | None:
+    import subprocess
+
+    proc = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True)
+    return proc.stdout.strip() or None
 
 
 def report(sources: list[str], out: Path) -> None:
