@@ -180,6 +180,35 @@ def test_extrapolates_from_the_deepest_over_budget_attempt():
     assert step.ratio > 0.5
 
 
+def test_a_plateau_over_budget_halves_what_is_left():
+    # deeper pruning measured no faster (0.357x at 0.741, 0.360x at 0.767, budget 0.35x): the power law fitted on
+    # the last attempt asks for a step to about 0.79, still on the plateau; the policy jumps halfway to the deepest
+    history = [att(0.52, 0.485, 0.35), att(0.741, 0.357, 0.35), att(0.767, 0.360, 0.35)]
+    step = policy(0.35).next_step(history)
+    assert isinstance(step, Step)
+    assert step.ratio == pytest.approx(0.5 * (0.767 + 0.98))
+
+
+def test_latency_still_falling_is_no_plateau():
+    history = [att(0.52, 0.485, 0.35), att(0.741, 0.40, 0.35), att(0.767, 0.37, 0.35)]
+    step = policy(0.35).next_step(history)
+    assert isinstance(step, Step)
+    assert step.ratio < 0.5 * (0.767 + 0.98)
+
+
+def test_a_stepwise_latency_curve_is_met_within_the_iteration_cap():
+    # latency falls in steps: 0.36x from ratio 0.72 to 0.85, 0.26x beyond; budget 0.35x, six iterations
+    def latency(r):
+        return 1.0 - 0.9 * r if r < 0.72 else (0.36 if r < 0.85 else 0.26)
+
+    p = policy(0.35, max_iterations=6)
+    history, step = [], p.first_step()
+    while isinstance(step, Step):
+        history.append(att(step.ratio, latency(step.ratio), 0.35))
+        step = p.next_step(history)
+    assert step.budget_met, [(a.ratio, a.latency_ratio) for a in history]
+
+
 def test_interpolates_strictly_inside_the_bracket():
     history = [att(0.2, 0.8, 0.5), att(0.6, 0.3, 0.5)]
     step = policy(0.5).next_step(history)
