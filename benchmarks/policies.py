@@ -64,7 +64,8 @@ def main() -> None:
                     help="iteration cap of the accuracy-critical and memory-constrained builds")
     ap.add_argument("--json", default=str(ROOT / "benchmarks" / "results" / "policies.json"))
     ap.add_argument("--report", nargs="+", metavar="JSON",
-                    help="build nothing: merge these results into --json, print the tables and plot")
+                    help="build nothing: merge these results into --json, print the tables and plot (a later "
+                         "file's cell replaces an earlier one's)")
     args = ap.parse_args()
     if args.report:
         return report(args.report, Path(args.json))
@@ -125,12 +126,16 @@ def _commit() -> str | None:
 
 
 def report(sources: list[str], out: Path) -> None:
-    """Merge the results of several runs (e.g. one per seed or per part of the grid) into one table and plot."""
+    """Merge the results of several runs (e.g. one per seed or per part of the grid) into one table and plot.
+    A later source's grid cell (budget, criterion, allocation, recovery) replaces an earlier one's: a cell
+    measured again after a change is not averaged with the runs from before it."""
     rows, policies = [], []
+    cell = lambda r: (r["budget"], r["criterion"], r["allocation"], r["recovery"])  # noqa: E731
     for src in sources:
         data = json.loads(Path(src).read_text())
-        rows += data["grid"]
-        policies += data["policies"]
+        new = {cell(r) for r in data["grid"]}
+        rows = [r for r in rows if cell(r) not in new] + [{**r, "source": Path(src).name} for r in data["grid"]]
+        policies += [{**p, "source": Path(src).name} for p in data["policies"]]
     summary = summarize(rows)
     result = {"sources": [Path(s).name for s in sources], "grid": rows, "policies": policies, "summary": summary,
               "comparison": compare(summary)}
