@@ -217,7 +217,7 @@ def plot(rows, path: Path) -> None:
         pts = sorted((r["latency_ratio"], r["accuracy"]) for r in rows
                      if (r["criterion"], r["allocation"], r["recovery"]) == (crit, alloc, rec) and r["budget_met"])
         if pts:
-            ax.plot(*zip(*pts), marker="o", label=f"{crit}/{alloc}{'' if rec else ' (no recovery)'}")
+            ax.plot(*zip(*pts), marker="o", linestyle="none", label=f"{crit}/{alloc}{'' if rec else ' (no recovery)'}")
     ax.set_xlabel("measured latency / unpruned (ONNX Runtime CPU)")
     ax.set_ylabel("accuracy of the ONNX artifact (%)")
     ax.legend(fontsize=7)
