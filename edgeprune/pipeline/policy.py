@@ -119,7 +119,7 @@ class LatencySensitivePolicy:
 
 def _plateau(over: Sequence[Attempt], gain: float = 0.02) -> bool:
     """Whether the two deepest attempts over budget measured within `gain` of each other: latency falls in steps
-    (ResNet-56 at multiple 8: 0.36x from ratio 0.73 to 0.82, then 0.26-0.28x once a stage reaches half a
+    (ResNet-56 at multiple 8: 0.36x from ratio 0.73 to 0.82, then 0.25-0.28x once a stage reaches half a
     multiple), and a power law fitted on a flat stretch asks for steps too small to leave it."""
     if len(over) < 2:
         return False
