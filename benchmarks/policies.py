@@ -135,7 +135,8 @@ def report(sources: list[str], out: Path) -> None:
         data = json.loads(Path(src).read_text())
         new = {cell(r) for r in data["grid"]}
         rows = [r for r in rows if cell(r) not in new] + [{**r, "source": Path(src).name} for r in data["grid"]]
-        policies += [{**p, "source": Path(src).name} for p in data["policies"]]
+        tag = " (distill)" if data.get("args", {}).get("distill") else ""
+        policies += [{**p, "case": p["case"] + tag, "source": Path(src).name} for p in data["policies"]]
     summary = summarize(rows)
     result = {"sources": [Path(s).name for s in sources], "grid": rows, "policies": policies, "summary": summary,
               "comparison": compare(summary)}
