@@ -148,7 +148,7 @@ def report(sources: list[str], out: Path) -> None:
 
 
 def compare(summary: list[dict]) -> list[dict]:
-    """The issue's claim, checked per budget with recovery on: is `activation` with its best allocation (the
+    """Checked per budget with recovery on: is `activation` with its best allocation (the
     most accurate of those measured, chosen on these same runs) at least as accurate as `l1` + `uniform`
     (Torch-Pruning's default), and at least 1 point better at the smallest budget? A cell whose builds did not
     all meet the budget has no mean accuracy to compare."""
