@@ -77,9 +77,7 @@ def main() -> None:
     rows, policies = [], []
 
     def save() -> dict:  # after every build: a stopped run keeps what it measured
-        summary = summarize(rows)
-        result = {"args": vars(args), "commit": _commit(), "grid": rows, "policies": policies, "summary": summary,
-                  "comparison": compare(summary)}
+        result = {"args": vars(args), "commit": _commit(), "grid": rows, "policies": policies, **analyse(rows)}
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
         return result
@@ -137,21 +135,25 @@ def report(sources: list[str], out: Path) -> None:
         rows = [r for r in rows if cell(r) not in new] + [{**r, "source": Path(src).name} for r in data["grid"]]
         tag = " (distill)" if data.get("args", {}).get("distill") else ""
         policies += [{**p, "case": p["case"] + tag, "source": Path(src).name} for p in data["policies"]]
-    summary = summarize(rows)
-    result = {"sources": [Path(s).name for s in sources], "grid": rows, "policies": policies, "summary": summary,
-              "comparison": compare(summary)}
+    result = {"sources": [Path(s).name for s in sources], "grid": rows, "policies": policies, **analyse(rows)}
     out.write_text(json.dumps(result, indent=2) + "\n")
-    print_tables(rows, policies, summary, result["comparison"])
+    print_tables(rows, policies, result["summary"], result["comparison"])
     if rows:
         plot(rows, out.with_suffix(".png"))
     print(f"\nwrote {out}")
 
 
-def compare(summary: list[dict]) -> list[dict]:
+def analyse(rows: list[dict]) -> dict:
+    summary = summarize(rows)
+    return {"summary": summary, "comparison": compare(summary, rows)}
+
+
+def compare(summary: list[dict], rows: list[dict]) -> list[dict]:
     """Checked per budget with recovery on: is `activation` with its best allocation (the
     most accurate of those measured, chosen on these same runs) at least as accurate as `l1` + `uniform`
     (Torch-Pruning's default), and at least 1 point better at the smallest budget? A cell whose builds did not
-    all meet the budget has no mean accuracy to compare."""
+    all meet the budget has no mean accuracy to compare. `per_seed` holds the paired differences (same seed,
+    same base model and split), so a mean difference can be read against how much it varies between seeds."""
     out = []
     budgets = sorted({s["budget"] for s in summary}, reverse=True)
     for budget in budgets:
@@ -166,9 +168,19 @@ def compare(summary: list[dict]) -> list[dict]:
         out.append({"budget": budget, "runs": best["runs"], "l1_uniform": ref_acc,
                     "l1_uniform_met": f"{ref['met']}/{ref['runs']}", "activation_allocation": best["allocation"],
                     "activation": best["accuracy_mean"], "difference": diff,
+                    "per_seed": _paired(rows, budget, ("activation", best["allocation"]), ("l1", "uniform")),
                     "at_least_as_accurate": None if diff is None else diff >= 0,
                     "one_point_better": None if diff is None or budget != min(budgets) else diff >= 1.0})
     return out
+
+
+def _paired(rows: list[dict], budget: float, a: tuple[str, str], b: tuple[str, str]) -> dict[int, float]:
+    """Accuracy of a minus b per seed, over the seeds where both builds met the budget (recovery on)."""
+    def by_seed(key):
+        return {r["seed"]: r["accuracy"] for r in rows if r["budget"] == budget and r["recovery"]
+                and r["budget_met"] and (r["criterion"], r["allocation"]) == key}
+    acc_a, acc_b = by_seed(a), by_seed(b)
+    return {seed: acc_a[seed] - acc_b[seed] for seed in sorted(acc_a.keys() & acc_b.keys())}
 
 
 def summarize(rows: list[dict]) -> list[dict]:
@@ -195,12 +207,13 @@ def print_tables(rows, policies, summary, comparison=()) -> None:
         print(f"{s['budget']:>6} {s['criterion']:>10} {s['allocation']:>11} {'on' if s['recovery'] else 'off':>8} "
               f"{s['met']}/{s['runs']:<3} {acc:>16} {s['latency_ratio_mean']:>8.3f}")
     if comparison:
-        print(f"\n{'budget':>6} {'l1/uniform':>10} {'activation (best allocation)':>30} {'difference':>10}")
+        print(f"\n{'budget':>6} {'l1/uniform':>10} {'activation (best allocation)':>30} {'difference':>10}  per seed")
         for c in comparison:
             ref = "missed" if c["l1_uniform"] is None else f"{c['l1_uniform']:.2f}"
             diff = "-" if c["difference"] is None else f"{c['difference']:+.2f}"
             act = f"{c['activation']:.2f} ({c['activation_allocation']})"
-            print(f"{c['budget']:>6} {ref:>10} {act:>30} {diff:>10}")
+            seeds = " ".join(f"{d:+.2f}" for d in c.get("per_seed", {}).values())
+            print(f"{c['budget']:>6} {ref:>10} {act:>30} {diff:>10}  {seeds}")
     if policies:
         print(f"\n{'case':>26} {'seed':>4} {'met':>5} {'accuracy':>9} {'base':>6} {'MACs red.':>9} {'params red.':>11} {'weights MB':>10}")
         for p in policies:
