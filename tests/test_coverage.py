@@ -177,6 +177,49 @@ def test_group_width_keeps_slices_aligned_to_the_multiple_when_they_were():
     assert group_width(64, 0.3, 8, 1) == 48
 
 
+def test_grouped_slices_one_multiple_wide_halve_only_at_the_deepest_step():
+    from edgeprune.pruning.prune import DEEPEST_RATIO, group_width, round_width
+
+    assert round_width(16, 0.6, 16) == 8  # an ordinary layer may go to half a multiple short of the deepest step
+    assert group_width(64, 0.6, 16, 4) == 64  # 16 per slice stays 16: half-multiple slices are not measured
+    assert group_width(64, DEEPEST_RATIO, 16, 4) == 32
+
+
+class WideGroupedNet(nn.Module):
+    """Four slices of 24 channels: rounding the total (96 -> 56 at ratio 0.4) would leave 14 per slice."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 96, 3, padding=1)
+        self.bn = nn.BatchNorm2d(96)
+        self.grouped = nn.Conv2d(96, 96, 3, padding=1, groups=4)
+        self.bn2 = nn.BatchNorm2d(96)
+        self.head = nn.Linear(96, 10)
+
+    def forward(self, x):
+        x = torch.relu(self.bn2(self.grouped(torch.relu(self.bn(self.stem(x))))))
+        return self.head(x.mean((2, 3)))
+
+
+@pytest.mark.parametrize("allocation", ["uniform", "global"])
+def test_allocations_round_grouped_slices_as_the_uniform_pruner_does(allocation):
+    from edgeprune.pruning.allocation import Allocator
+    from edgeprune.pruning.prune import DEEPEST_RATIO, group_width, prunable_groups
+
+    model, x = WideGroupedNet().eval(), torch.randn(1, 3, 16, 16)
+    groups = prunable_groups(model, x)
+    assert groups["grouped"] == (96, 4)
+    alloc = Allocator(model, x, 8, allocation, "l1")
+    for ratio in (0.2, 0.4, 0.6, DEEPEST_RATIO):
+        widths = alloc.widths(ratio)
+        for name, (channels, slices) in groups.items():
+            assert widths[name] % slices == 0 and (widths[name] // slices) % 8 in (0, 4), (ratio, name, widths)
+    if allocation == "uniform":
+        assert alloc.widths(0.4)["grouped"] == group_width(96, 0.4, 8, 4) == 64
+        pruned = prune_model(model, x, 0.0, 8, "l1", widths=alloc.widths(0.4)).model
+        assert pruned.grouped.out_channels == 64 and pruned.grouped.weight.shape[1] == 16
+
+
 def test_build_of_an_unprunable_model_is_one_error_line_naming_the_layer(tmp_path, edgeprune_cache):
     from click.testing import CliRunner
 

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError
-from .prune import DEEPEST_RATIO, prunable_widths, prune_model, root_groups, round_width
+from .prune import DEEPEST_RATIO, group_width, prunable_groups, prune_model, root_groups
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +37,9 @@ class Allocator:
         if allocation not in ALLOCATIONS:
             raise ConfigError(f"unknown allocation {allocation!r}: use one of {', '.join(ALLOCATIONS)}")
         self.allocation, self.multiple = allocation, multiple
-        self.full = prunable_widths(model, example)
+        groups = prunable_groups(model, example)
+        self.full = {name: channels for name, (channels, _) in groups.items()}
+        self.slices = {name: slices for name, (_, slices) in groups.items()}
         self.scales = {name: 1.0 for name in self.full}
         self.sensitivity: dict[str, float] = {}
         self.latency_saving: dict[str, float] = {}
@@ -56,15 +58,19 @@ class Allocator:
             if measure is None:
                 raise ConfigError("latency allocation needs a runtime to time the model on: use a device whose "
                                   "runner can run here (edgeprune devices)")
-            self.latency_saving = measure_latency_saving(self.full, multiple, measure)
-            self.scales = latency_scales(self.full, multiple, self.latency_saving)
+            self.latency_saving = measure_latency_saving(self.full, multiple, measure, self.slices)
+            self.scales = latency_scales(self.full, multiple, self.latency_saving, slices=self.slices)
 
     def widths(self, ratio: float) -> dict[str, int]:
         if ratio >= DEEPEST_RATIO:  # the deepest step is every group at its narrowest, whatever the allocation
-            return {n: round_width(c, DEEPEST_RATIO, self.multiple) for n, c in self.full.items()}
+            return {n: self._width(n, DEEPEST_RATIO) for n in self.full}
         if self.allocation == "global":
             return self._global(ratio)
-        return {n: round_width(c, scaled_ratio(ratio, self.scales[n]), self.multiple) for n, c in self.full.items()}
+        return {n: self._width(n, scaled_ratio(ratio, self.scales[n])) for n in self.full}
+
+    def _width(self, name: str, ratio: float) -> int:
+        """Kept channels of one group at `ratio`, rounded as the uniform pruner rounds it (grouped slices alike)."""
+        return group_width(self.full[name], ratio, self.multiple, self.slices[name])
 
     def _global(self, ratio: float) -> dict[str, int]:
         if ratio <= 0:
@@ -74,7 +80,7 @@ class Allocator:
         out = {}
         for n, c in self.full.items():
             keep_fraction = float((self.scores[n] > threshold).mean())
-            out[n] = round_width(c, 1.0 - keep_fraction, self.multiple)
+            out[n] = self._width(n, 1.0 - keep_fraction)
         return out
 
     def describe(self) -> dict:
@@ -110,10 +116,11 @@ def measure_sensitivity(model: nn.Module, example: torch.Tensor, multiple: int, 
                         recalibrate: Callable[[nn.Module], None] | None) -> dict[str, float]:
     """Accuracy drop (points) when each group alone loses half its channels."""
     base = evaluate(model)
-    full = prunable_widths(model, example)
+    groups = prunable_groups(model, example)
+    full = {name: channels for name, (channels, _) in groups.items()}
     out = {}
-    for name, c in full.items():
-        kept = round_width(c, 0.5, multiple)
+    for name, (c, slices) in groups.items():
+        kept = group_width(c, 0.5, multiple, slices)
         if kept >= c:
             out[name] = 0.0
             continue
@@ -136,13 +143,13 @@ def scaled_ratio(ratio: float, scale: float) -> float:
 PROBE_RATIO = 0.5  # how far each group is narrowed, alone, to see what its channels cost in time
 
 
-def measure_latency_saving(full: dict[str, int], multiple: int,
-                           measure: Callable[[dict[str, int]], float]) -> dict[str, float]:
+def measure_latency_saving(full: dict[str, int], multiple: int, measure: Callable[[dict[str, int]], float],
+                           slices: dict[str, int] | None = None) -> dict[str, float]:
     """Fraction of the unpruned latency saved when each group alone loses half its channels (rounded to the
     channel multiple), as `measure(widths)` (the candidate / baseline ratio on the target runtime) reports."""
     out = {}
     for name, c in full.items():
-        kept = round_width(c, PROBE_RATIO, multiple)
+        kept = group_width(c, PROBE_RATIO, multiple, (slices or {}).get(name, 1))
         if kept >= c:
             out[name] = 0.0
             continue
@@ -151,14 +158,14 @@ def measure_latency_saving(full: dict[str, int], multiple: int,
     return out
 
 
-def latency_scales(full: dict[str, int], multiple: int, saving: dict[str, float],
-                   floor: float = 0.005, bounds: tuple[float, float] = (0.25, 2.5)) -> dict[str, float]:
+def latency_scales(full: dict[str, int], multiple: int, saving: dict[str, float], floor: float = 0.005,
+                   bounds: tuple[float, float] = (0.25, 2.5), slices: dict[str, int] | None = None) -> dict[str, float]:
     """Per-group ratio scales from measured savings per channel removed: a group whose channels carry more
     time is pruned harder. Savings under `floor` (timing noise) count as the floor; scales average 1 over the
     groups that can be narrowed and stay within `bounds`."""
     eff = {}
     for name, c in full.items():
-        removed = 1.0 - round_width(c, PROBE_RATIO, multiple) / c
+        removed = 1.0 - group_width(c, PROBE_RATIO, multiple, (slices or {}).get(name, 1)) / c
         if removed > 0:
             eff[name] = max(saving.get(name, 0.0), floor) / removed
     if not eff:

@@ -90,9 +90,15 @@ class _Part:
 
 def prunable_widths(model: nn.Module, example: torch.Tensor) -> dict[str, int]:
     """Output width of every root layer the pruner may shrink (the classifier output excluded)."""
+    return {name: channels for name, (channels, _) in prunable_groups(model, example).items()}
+
+
+def prunable_groups(model: nn.Module, example: torch.Tensor) -> dict[str, tuple[int, int]]:
+    """Every root layer the pruner may shrink: (output width, channel groups), the channel groups being the
+    equal slices a grouped conv or attention heads keep (1 for an ordinary layer); see group_width."""
     model = copy.deepcopy(model).eval()  # tracing must not touch the caller's model
     parts = trace_parts(model, example)
-    widths = {g.name: g.channels for g in root_groups(model, example, parts)}
+    widths = {g.name: (g.channels, g.channel_groups) for g in root_groups(model, example, parts)}
     restore_classes(model)
     if not widths:
         note = next((p.note for p in parts if p.note), "")
@@ -129,8 +135,13 @@ def group_width(channels: int, ratio: float, multiple: int, channel_groups: int 
     if per % multiple == 0:
         # Slices already a multiple wide stay so: ONNX Runtime's grouped convolution runs far slower on slices
         # that are not a multiple of the SIMD block (benchmarks/grouped_conv.py, AVX-512: 88 per group ran at
-        # 44 GMAC/s, 80 and 96 at 64-66; RegNetX-1.6GF pruned 24 -> 16 per group gained 2.38x).
-        return channel_groups * round_width(per, ratio, multiple)
+        # 44 GMAC/s, 80 and 96 at 64-66; RegNetX-1.6GF pruned 24 -> 16 per group gained 2.38x). Half a multiple
+        # per slice, which round_width allows short of the deepest ratio for ordinary layers, is kept for the
+        # deepest ratio here: grouped slices that narrow are not measured.
+        kept = round_width(per, ratio, multiple)
+        if kept < multiple and ratio < DEEPEST_RATIO:
+            kept = multiple
+        return channel_groups * kept
     step = max(1, multiple // math.gcd(multiple, channel_groups))
     return channel_groups * round_width(per, ratio, step)
 
