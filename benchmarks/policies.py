@@ -139,6 +139,7 @@ def report(sources: list[str], out: Path) -> None:
     out.write_text(json.dumps(result, indent=2) + "\n")
     print_tables(rows, policies, result["summary"], result["comparison"])
     if rows:
+        print("\n" + markdown_table(result["summary"]))
         plot(rows, out.with_suffix(".png"))
     print(f"\nwrote {out}")
 
@@ -222,19 +223,60 @@ def print_tables(rows, policies, summary, comparison=()) -> None:
                   f"{p['weights_mb']:>10.3f}")
 
 
+def markdown_table(summary: list[dict]) -> str:
+    """The grid as the README shows it: one row per criterion / allocation / recovery, one column per budget;
+    a cell is mean +- std accuracy over the builds that met the budget, the measured latency reached (mean over
+    all its builds) in brackets, and how many met when not all did."""
+    budgets = sorted({s["budget"] for s in summary}, reverse=True)
+    most = max(s["runs"] for s in summary)
+    order = lambda seq, x: seq.index(x) if x in seq else len(seq)  # noqa: E731
+    keys = sorted({(s["criterion"], s["allocation"], s["recovery"]) for s in summary},
+                  key=lambda k: (not k[2], order(CRITERIA_ORDER, k[0]), order(list(ALLOCATION_COLOURS), k[1])))
+    lines = ["| criterion / allocation | " + " | ".join(f"{b:g}x" for b in budgets) + " |",
+             "|---" * (len(budgets) + 1) + "|"]
+    for crit, alloc, rec in keys:
+        cells = []
+        for b in budgets:
+            s = next((s for s in summary if (s["criterion"], s["allocation"], s["recovery"], s["budget"])
+                      == (crit, alloc, rec, b)), None)
+            if s is None:
+                cells.append("-")
+                continue
+            acc = "none met" if s["accuracy_mean"] is None else f"{s['accuracy_mean']:.2f}" + (
+                f" +- {s['accuracy_std']:.2f}" if s["met"] > 1 else "")
+            met = "" if s["met"] == s["runs"] == most else f", {s['met']} of {s['runs']} met"
+            cells.append(f"{acc} ({s['latency_ratio_mean']:.2f}x{met})")
+        lines.append(f"| {crit} / {alloc}{'' if rec else ', no recovery'} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+CRITERIA_ORDER = ["l1", "activation", "l2", "bn-scale", "taylor", "random"]
+ALLOCATION_COLOURS = {"uniform": "tab:blue", "global": "tab:orange", "sensitivity": "tab:green",
+                      "latency": "tab:red"}
+CRITERION_MARKERS = {"l1": "o", "activation": "s", "l2": "^", "bn-scale": "v", "taylor": "D", "random": "x"}
+
+
 def plot(rows, path: Path) -> None:
+    """One point per build that met its budget: colour = allocation, marker = criterion; builds without
+    recovery (all near chance on ResNet-56) in their own panel so they do not squash the scale."""
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(7, 4))
-    ax = fig.subplots()
-    for (crit, alloc, rec) in sorted({(r["criterion"], r["allocation"], r["recovery"]) for r in rows}):
-        pts = sorted((r["latency_ratio"], r["accuracy"]) for r in rows
-                     if (r["criterion"], r["allocation"], r["recovery"]) == (crit, alloc, rec) and r["budget_met"])
-        if pts:
-            ax.plot(*zip(*pts), marker="o", linestyle="none", label=f"{crit}/{alloc}{'' if rec else ' (no recovery)'}")
-    ax.set_xlabel("measured latency / unpruned (ONNX Runtime CPU)")
-    ax.set_ylabel("accuracy of the ONNX artifact (%)")
-    ax.legend(fontsize=7)
+    panels = [rec for rec in (True, False) if any(r["recovery"] == rec for r in rows)]
+    fig = Figure(figsize=(7 if len(panels) == 1 else 11, 4.5))
+    axes = fig.subplots(1, len(panels), squeeze=False, width_ratios=[2, 1][:len(panels)])[0]
+    for ax, rec in zip(axes, panels):
+        for crit, alloc in sorted({(r["criterion"], r["allocation"]) for r in rows if r["recovery"] == rec}):
+            pts = sorted((r["latency_ratio"], r["accuracy"]) for r in rows if r["budget_met"]
+                         and (r["criterion"], r["allocation"], r["recovery"]) == (crit, alloc, rec))
+            if pts:
+                ax.plot(*zip(*pts), marker=CRITERION_MARKERS.get(crit, "."), linestyle="none", alpha=0.8,
+                        color=ALLOCATION_COLOURS.get(alloc), label=f"{crit}/{alloc}")
+        ax.set_title("with recovery" if rec else "no recovery (10% is chance)", fontsize=9)
+        ax.set_xlabel("measured latency / unpruned (ONNX Runtime CPU)" if rec else "latency / unpruned")
+        if not rec:
+            ax.set_ylim(0, 100)
+        ax.set_ylabel("accuracy of the ONNX artifact (%)")
+        ax.legend(fontsize=6, ncol=2)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
 

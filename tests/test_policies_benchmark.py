@@ -73,3 +73,14 @@ def test_report_merge_replaces_a_remeasured_cell_and_tags_distilled_policies(ben
     assert merged["policies"][0]["case"] == "accuracy-critical P=0.5 (distill)"
     assert out.with_suffix(".png").stat().st_size > 0
     assert "wrote" in capsys.readouterr().out
+
+
+def test_markdown_table_has_a_row_per_cell_kind_and_says_when_builds_missed(bench):
+    rows = [row(s, b, "l1", "uniform", 98.0 + s, ratio=b - 0.1) for s in range(3) for b in (0.7, 0.35)]
+    rows += [row(s, 0.35, "activation", "global", 97.0, met=s != 2) for s in range(3)]
+    rows += [row(0, 0.35, "l1", "uniform", 10.0, recovery=False)]
+    lines = bench.markdown_table(bench.summarize(rows)).splitlines()
+    assert lines[0] == "| criterion / allocation | 0.7x | 0.35x |"
+    assert lines[2] == "| l1 / uniform | 99.00 +- 0.82 (0.60x) | 99.00 +- 0.82 (0.25x) |"
+    assert lines[3] == "| activation / global | - | 97.00 +- 0.00 (0.30x, 2 of 3 met) |"
+    assert lines[4] == "| l1 / uniform, no recovery | - | 10.00 (0.30x, 1 of 1 met) |"
