@@ -125,10 +125,11 @@ def _commit() -> str | None:
 
 def report(sources: list[str], out: Path) -> None:
     """Merge the results of several runs (e.g. one per seed or per part of the grid) into one table and plot.
-    A later source's grid cell (budget, criterion, allocation, recovery) replaces an earlier one's: a cell
-    measured again after a change is not averaged with the runs from before it."""
+    A later source's build (seed, budget, criterion, allocation, recovery) replaces an earlier one's: a build
+    measured again after a change is not averaged with the one from before it, and a source with other seeds of
+    the same cell adds to it (re-measure every seed of a cell after a change that affects it)."""
     rows, policies = [], []
-    cell = lambda r: (r["budget"], r["criterion"], r["allocation"], r["recovery"])  # noqa: E731
+    cell = lambda r: (r["seed"], r["budget"], r["criterion"], r["allocation"], r["recovery"])  # noqa: E731
     for src in sources:
         data = json.loads(Path(src).read_text())
         new = {cell(r) for r in data["grid"]}

@@ -55,10 +55,11 @@ def test_one_point_is_asked_only_at_the_smallest_budget_and_a_missed_reference_h
     assert low["budget"] == 0.5 and low["one_point_better"] is True
 
 
-def test_report_merge_replaces_a_remeasured_cell_and_tags_distilled_policies(bench, tmp_path, capsys):
+def test_report_merge_replaces_a_remeasured_build_adds_new_seeds_and_tags_distilled_policies(bench, tmp_path, capsys):
     old = {"grid": [row(s, 0.5, "l1", "uniform", 90.0) for s in range(3)] + [row(0, 0.5, "activation", "uniform", 95.0)],
            "policies": []}
-    new = {"args": {"distill": True}, "grid": [row(s, 0.5, "l1", "uniform", 98.0) for s in range(3)],
+    new = {"args": {"distill": True}, "grid": [row(s, 0.5, "l1", "uniform", 98.0) for s in range(3)]
+           + [row(s, 0.5, "activation", "uniform", 97.0) for s in (1, 2)],  # more seeds of a cell: added
            "policies": [{"case": "accuracy-critical P=0.5", "seed": 0, "budget_met": True, "accuracy": 99.0,
                          "baseline_accuracy": 99.0, "macs_reduction": 4.0, "params_reduction": 4.0,
                          "weights_mb": 1.0}]}
@@ -69,7 +70,8 @@ def test_report_merge_replaces_a_remeasured_cell_and_tags_distilled_policies(ben
     merged = json.loads(out.read_text())
     l1 = [r for r in merged["grid"] if r["criterion"] == "l1"]
     assert len(l1) == 3 and {r["accuracy"] for r in l1} == {98.0} and {r["source"] for r in l1} == {"new.json"}
-    assert [r["source"] for r in merged["grid"] if r["criterion"] == "activation"] == ["old.json"]
+    act = sorted((r["seed"], r["accuracy"], r["source"]) for r in merged["grid"] if r["criterion"] == "activation")
+    assert act == [(0, 95.0, "old.json"), (1, 97.0, "new.json"), (2, 97.0, "new.json")]
     assert merged["policies"][0]["case"] == "accuracy-critical P=0.5 (distill)"
     assert out.with_suffix(".png").stat().st_size > 0
     assert "wrote" in capsys.readouterr().out
