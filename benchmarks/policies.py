@@ -227,7 +227,7 @@ def print_tables(rows, policies, summary, comparison=()) -> None:
 def markdown_table(summary: list[dict]) -> str:
     """The grid as the README shows it: one row per criterion / allocation / recovery, one column per budget;
     a cell is mean +- std accuracy over the builds that met the budget, the measured latency reached (mean over
-    all its builds) in brackets, and how many met when not all did."""
+    all its builds) in brackets, and how many met where not all did or the cell has fewer builds than others."""
     budgets = sorted({s["budget"] for s in summary}, reverse=True)
     most = max(s["runs"] for s in summary)
     order = lambda seq, x: seq.index(x) if x in seq else len(seq)  # noqa: E731
