@@ -49,7 +49,8 @@ class Allocator:
         elif allocation == "sensitivity":
             if evaluate is None:
                 raise ConfigError("sensitivity allocation needs labeled data to measure accuracy: give --data")
-            self.sensitivity = measure_sensitivity(model, example, multiple, criterion, batches, evaluate, recalibrate)
+            self.sensitivity = measure_sensitivity(model, example, multiple, criterion, batches, evaluate, recalibrate,
+                                                   self.full, self.slices)
             drops = np.array([max(self.sensitivity[n], 0.0) for n in self.full])
             weights = 1.0 / (drops + max(0.5, 0.1 * drops.max()))  # smoothed: a zero drop is not infinitely safe
             weights = weights / weights.mean()
@@ -113,14 +114,14 @@ def group_scores(model: nn.Module, example: torch.Tensor, criterion: str,
 
 def measure_sensitivity(model: nn.Module, example: torch.Tensor, multiple: int, criterion: str,
                         batches, evaluate: Callable[[nn.Module], float],
-                        recalibrate: Callable[[nn.Module], None] | None) -> dict[str, float]:
-    """Accuracy drop (points) when each group alone loses half its channels."""
+                        recalibrate: Callable[[nn.Module], None] | None, full: dict[str, int],
+                        slices: dict[str, int]) -> dict[str, float]:
+    """Accuracy drop (points) when each group alone (`full`: the prunable widths, `slices`: their channel groups)
+    loses half its channels."""
     base = evaluate(model)
-    groups = prunable_groups(model, example)
-    full = {name: channels for name, (channels, _) in groups.items()}
     out = {}
-    for name, (c, slices) in groups.items():
-        kept = group_width(c, 0.5, multiple, slices)
+    for name, c in full.items():
+        kept = group_width(c, 0.5, multiple, slices[name])
         if kept >= c:
             out[name] = 0.0
             continue
