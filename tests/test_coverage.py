@@ -56,13 +56,13 @@ def test_meaningful_init_gives_nonzero_logits_to_a_zero_initialised_head():
 
 
 class GroupedNet(nn.Module):
-    def __init__(self):
+    def __init__(self, channels: int = 32):
         super().__init__()
-        self.stem = nn.Conv2d(3, 32, 3, padding=1)
-        self.bn = nn.BatchNorm2d(32)
-        self.grouped = nn.Conv2d(32, 32, 3, padding=1, groups=4)
-        self.gn = nn.GroupNorm(4, 32)
-        self.head = nn.Linear(32, 10)
+        self.stem = nn.Conv2d(3, channels, 3, padding=1)
+        self.bn = nn.BatchNorm2d(channels)
+        self.grouped = nn.Conv2d(channels, channels, 3, padding=1, groups=4)
+        self.gn = nn.GroupNorm(4, channels)
+        self.head = nn.Linear(channels, 10)
 
     def forward(self, x):
         x = torch.relu(self.gn(self.grouped(torch.relu(self.bn(self.stem(x))))))
@@ -185,28 +185,13 @@ def test_grouped_slices_one_multiple_wide_halve_only_at_the_deepest_step():
     assert group_width(64, DEEPEST_RATIO, 16, 4) == 32
 
 
-class WideGroupedNet(nn.Module):
-    """Four slices of 24 channels: rounding the total (96 -> 56 at ratio 0.4) would leave 14 per slice."""
-
-    def __init__(self):
-        super().__init__()
-        self.stem = nn.Conv2d(3, 96, 3, padding=1)
-        self.bn = nn.BatchNorm2d(96)
-        self.grouped = nn.Conv2d(96, 96, 3, padding=1, groups=4)
-        self.bn2 = nn.BatchNorm2d(96)
-        self.head = nn.Linear(96, 10)
-
-    def forward(self, x):
-        x = torch.relu(self.bn2(self.grouped(torch.relu(self.bn(self.stem(x))))))
-        return self.head(x.mean((2, 3)))
-
-
 @pytest.mark.parametrize("allocation", ["uniform", "global"])
 def test_allocations_round_grouped_slices_as_the_uniform_pruner_does(allocation):
     from edgeprune.pruning.allocation import Allocator
     from edgeprune.pruning.prune import DEEPEST_RATIO, group_width, prunable_groups
 
-    model, x = WideGroupedNet().eval(), torch.randn(1, 3, 16, 16)
+    # Four slices of 24 channels: rounding the total (96 -> 56 at ratio 0.4) would leave 14 per slice.
+    model, x = GroupedNet(96).eval(), torch.randn(1, 3, 16, 16)
     groups = prunable_groups(model, x)
     assert groups["grouped"] == (96, 4)
     alloc = Allocator(model, x, 8, allocation, "l1")

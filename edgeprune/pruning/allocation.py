@@ -150,13 +150,18 @@ def measure_latency_saving(full: dict[str, int], multiple: int, measure: Callabl
     channel multiple), as `measure(widths)` (the candidate / baseline ratio on the target runtime) reports."""
     out = {}
     for name, c in full.items():
-        kept = group_width(c, PROBE_RATIO, multiple, (slices or {}).get(name, 1))
+        kept = _probe_width(name, c, multiple, slices)
         if kept >= c:
             out[name] = 0.0
             continue
         out[name] = 1.0 - measure({**full, name: kept})
         log.debug("latency probe %s: %d -> %d channels saves %.1f%%", name, c, kept, 100 * out[name])
     return out
+
+
+def _probe_width(name: str, channels: int, multiple: int, slices: dict[str, int] | None) -> int:
+    """The width a latency probe narrows a group to: the probe and the scales read from it must agree."""
+    return group_width(channels, PROBE_RATIO, multiple, (slices or {}).get(name, 1))
 
 
 def latency_scales(full: dict[str, int], multiple: int, saving: dict[str, float], floor: float = 0.005,
@@ -166,7 +171,7 @@ def latency_scales(full: dict[str, int], multiple: int, saving: dict[str, float]
     groups that can be narrowed and stay within `bounds`."""
     eff = {}
     for name, c in full.items():
-        removed = 1.0 - group_width(c, PROBE_RATIO, multiple, (slices or {}).get(name, 1)) / c
+        removed = 1.0 - _probe_width(name, c, multiple, slices) / c
         if removed > 0:
             eff[name] = max(saving.get(name, 0.0), floor) / removed
     if not eff:
