@@ -3,7 +3,7 @@
 Exports a CIFAR-style ResNet-20 (1 input channel, random weights: latency does not depend on them) at 1x32x32 as
 the baseline, and the same network at larger inputs as truly slower candidates (more pixels, same weights: more
 MACs, nothing else changes). It first measures each candidate's true slow-down with a long run interleaved with the
-baseline, then runs the check's re-measure logic (edgeprune.reporting.check.remeasure_latency, exactly what
+baseline, then runs the check's re-measure logic (edgeprune.check.core.remeasure_latency, exactly what
 --remeasure runs) --runs times for the baseline against itself (every regression verdict is a false alarm) and for
 each candidate against the baseline (a regression verdict is a detection when the true slow-down is over the
 threshold, a false alarm when it is under, and either verdict is right when the true slow-down's interval contains
@@ -32,9 +32,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from edgeprune.profiling.devices import _cpu_model as cpu_model  # noqa: E402
-from edgeprune.profiling.stats import paired_ratio  # noqa: E402
-from edgeprune.reporting.check import METRICS, parse_threshold, remeasure_latency  # noqa: E402
+from edgeprune.targets.devices import _cpu_model as cpu_model  # noqa: E402
+from edgeprune.backends.base.stats import paired_ratio  # noqa: E402
+from edgeprune.check.core import METRICS, parse_threshold, remeasure_latency  # noqa: E402
 
 BASE_SHAPE = (1, 32, 32)
 
@@ -64,10 +64,10 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from edgeprune.exporters.onnx import export_onnx
+    from edgeprune.export.onnx import export_onnx
     from edgeprune.models.zoo import resnet20
-    from edgeprune.profiling.cost import model_cost
-    from edgeprune.profiling.runners.onnxruntime import OnnxRuntimeRunner
+    from edgeprune.pruning.cost import model_cost
+    from edgeprune.backends.onnxrt.runner import OnnxRuntimeRunner
 
     threshold = parse_threshold(METRICS[0], args.threshold)
     sizes = [_parse_size(s) for s in args.sizes.split(",") if s.strip()]

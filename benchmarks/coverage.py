@@ -81,11 +81,11 @@ def run_one(name: str, size: int, ratio: float, multiple: int, latency: bool, it
     """Prune, export, check and time one model; every failure becomes a reason in the result."""
     import torch
 
-    from edgeprune.exporters.onnx import check_parity, export_onnx
+    from edgeprune.export.onnx import check_parity, export_onnx
     from edgeprune.models import load_model
-    from edgeprune.profiling.cost import model_cost
-    from edgeprune.profiling.runners import get_runner
-    from edgeprune.profiling.stats import paired_ratio
+    from edgeprune.pruning.cost import model_cost
+    from edgeprune.backends import get_runner
+    from edgeprune.backends.base.stats import paired_ratio
     from edgeprune.pruning.prune import prune_model
 
     torch.manual_seed(0)
@@ -235,7 +235,7 @@ def write(args, results: list[dict], quiet: bool = False) -> None:
             mn = f"{s['min_speedup']:.2f}x" if s["min_speedup"] else "-"
             mac = f"{s['median_macs_reduction']:.2f}x" if s["median_macs_reduction"] else "-"
             print(f"{f:16s} {s['models']:6d} {s['passed']:5d} {med:>16s} {mn:>6s} {mac:>7s}")
-    from edgeprune.profiling.devices import _cpu_model as cpu_model
+    from edgeprune.targets.devices import _cpu_model as cpu_model
     from edgeprune.pipeline.loop import versions
 
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -32,7 +32,7 @@ def main() -> None:
     import onnxruntime as ort
     import torch
 
-    from edgeprune.profiling.devices import _cpu_model as cpu_model
+    from edgeprune.targets.devices import _cpu_model as cpu_model
 
     warnings.simplefilter("ignore")
     rows = []

@@ -7,7 +7,7 @@ __all__ = ["build", "BuildConfig", "BuildResult", "__version__"]
 
 
 def __getattr__(name: str):
-    # Lazy: `python -m edgeprune.profiling.runners.ort_worker` must not pay for importing torch.
+    # Lazy: `python -m edgeprune.backends.onnxrt.worker` must not pay for importing torch.
     if name == "build" or name == "BuildResult":
         from .pipeline import loop
 

@@ -135,7 +135,7 @@ class BuildConfig:
             raise ConfigError("remote-python must name the far side's Python, e.g. python3 or ~/venv/bin/python")
         if self.remote is None:
             return
-        from .profiling.runners.remote import check_ssh_options, parse_target
+        from .backends.remote.runner import check_ssh_options, parse_target
 
         parse_target(self.remote)
         check_ssh_options(self.remote_ssh_options)

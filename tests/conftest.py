@@ -63,7 +63,7 @@ def resnet20_base() -> nn.Module:
 @pytest.fixture(scope="session")
 def tiny_onnx(tmp_path_factory):
     """(model, path) of the tiny model exported with batch 1."""
-    from edgeprune.exporters.onnx import export_onnx
+    from edgeprune.export.onnx import export_onnx
 
     model = make_tiny()
     path = tmp_path_factory.mktemp("tiny") / "tiny.onnx"
@@ -74,7 +74,7 @@ def tiny_onnx(tmp_path_factory):
 @pytest.fixture(scope="session")
 def pruned_resnet20_onnx(tmp_path_factory):
     """(pruned model, path, ExportResult) of resnet20 pruned by half at multiple 4, exported with batch 1."""
-    from edgeprune.exporters.onnx import export_onnx
+    from edgeprune.export.onnx import export_onnx
     from edgeprune.pruning.prune import prune_model
 
     model = prune_model(make_resnet20(), torch.zeros(1, *RESNET_SHAPE), 0.5, 4).model.eval()

@@ -16,8 +16,8 @@ import torch
 import edgeprune
 from edgeprune import BuildConfig
 from edgeprune.errors import BudgetNotMet, ConfigError, EdgepruneError, ModelLoadError
-from edgeprune.pipeline.artifacts import verify_manifest
-from edgeprune.profiling.devices import DEVICES_DIR, read_jetson_model
+from edgeprune.files import verify_manifest
+from edgeprune.targets.devices import DEVICES_DIR, read_jetson_model
 
 pytestmark = pytest.mark.usefixtures("edgeprune_cache")
 
@@ -330,7 +330,7 @@ def test_a_finished_build_replaces_the_previous_output(previous_out):
 
 @pytest.mark.slow
 def test_a_build_failing_while_writing_leaves_the_previous_output_intact(previous_out, monkeypatch):
-    import edgeprune.reporting.markdown as markdown
+    import edgeprune.report.markdown as markdown
 
     before = snapshot(previous_out)
 

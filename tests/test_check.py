@@ -12,8 +12,8 @@ from torch import nn
 
 from edgeprune.cli import main
 from edgeprune.errors import ConfigError
-from edgeprune.profiling.stats import PairedRatio, summarize
-from edgeprune.reporting import check as chk
+from edgeprune.backends.base.stats import PairedRatio, summarize
+from edgeprune.check import core as chk
 from synthetic_reports import make_report, write_artifact
 
 FAST = ["--iters", "20", "--blocks", "4", "--warmup", "5"]
@@ -317,7 +317,7 @@ def _convnet(width: int) -> nn.Module:
 
 @pytest.fixture(scope="module")
 def onnx_pair(tmp_path_factory):
-    from edgeprune.exporters.onnx import export_onnx
+    from edgeprune.export.onnx import export_onnx
 
     d = tmp_path_factory.mktemp("check-onnx")
     small, big = d / "small.onnx", d / "big.onnx"

@@ -12,7 +12,7 @@ import pytest
 from click.testing import CliRunner
 
 from edgeprune.cli import main
-from edgeprune.profiling.devices import read_jetson_model
+from edgeprune.targets.devices import read_jetson_model
 
 pytestmark = pytest.mark.usefixtures("edgeprune_cache")
 

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from edgeprune.errors import ModelLoadError
-from edgeprune.exporters import onnx as onnx_export
+from edgeprune.export import onnx as onnx_export
 from edgeprune.pruning.prune import prunable_widths, prune_model
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -5,7 +5,7 @@ import dataclasses
 import pytest
 
 from edgeprune.errors import ConfigError
-from edgeprune.profiling.devices import (DEVICES_DIR, HostInfo, detect_host, list_devices, load_device_file,
+from edgeprune.targets.devices import (DEVICES_DIR, HostInfo, detect_host, list_devices, load_device_file,
                                          measurable_here, read_jetson_model, resolve_device)
 
 EXPECTED = {"cpu", "x86-cuda", "jetson-orin-nano", "jetson-orin-nx", "jetson-agx-orin", "jetson-xavier-nx"}
@@ -205,7 +205,7 @@ def test_read_jetson_model_missing(tmp_path):
     ("fpu sse2", 8),
 ])
 def test_host_channel_multiple_follows_simd_width(flags, expected):
-    from edgeprune.profiling.devices import host_channel_multiple
+    from edgeprune.targets.devices import host_channel_multiple
 
     multiple, why = host_channel_multiple(f"processor\t: 0\nflags\t\t: {flags}\n")
     assert multiple == expected

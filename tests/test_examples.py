@@ -7,7 +7,7 @@ import pytest
 import yaml
 
 from edgeprune.config import BuildConfig
-from edgeprune.profiling.devices import list_devices
+from edgeprune.targets.devices import list_devices
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = sorted((ROOT / "configs" / "examples").glob("*.yaml"))

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from edgeprune.errors import ParityError
-from edgeprune.exporters.onnx import INPUT_NAME, OPSET, OUTPUT_NAME, check_parity, export_onnx
+from edgeprune.export.onnx import INPUT_NAME, OPSET, OUTPUT_NAME, check_parity, export_onnx
 
 RESNET_SHAPE = (1, 16, 16)
 

@@ -12,12 +12,12 @@ import numpy as np
 import pytest
 
 from edgeprune.errors import RuntimeUnavailable
-from edgeprune.exporters.tensorrt import read_metadata
-from edgeprune.profiling.runners import RUNNERS, get_runner
-from edgeprune.profiling.runners import trtexec as trtexec_module
-from edgeprune.profiling.runners.tensorrt import TensorRTRunner
-from edgeprune.profiling.runners.torch_cuda import TorchCudaRunner
-from edgeprune.profiling.runners.trtexec import TrtexecRunner
+from edgeprune.backends.trt.engine import read_metadata
+from edgeprune.backends import RUNNERS, get_runner
+from edgeprune.backends.trt import trtexec as trtexec_module
+from edgeprune.backends.trt.runner import TensorRTRunner
+from edgeprune.backends.torch_cuda.runner import TorchCudaRunner
+from edgeprune.backends.trt.trtexec import TrtexecRunner
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -104,7 +104,7 @@ def tiny_model(tmp_path):
     import torch
     from torch import nn
 
-    from edgeprune.exporters.onnx import export_onnx
+    from edgeprune.export.onnx import export_onnx
 
     torch.manual_seed(0)
     model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
@@ -153,7 +153,7 @@ def test_tensorrt_runner_fp16_with_cuda_graph(needs_tensorrt, tiny_model, tmp_pa
     runner = TensorRTRunner(precision="fp16", cuda_graph=True)
     import tensorrt as trt
 
-    from edgeprune.exporters.tensorrt import parse_trt_version
+    from edgeprune.backends.trt.engine import parse_trt_version
 
     if parse_trt_version(trt.__version__)[0] >= 11:
         pytest.skip("TensorRT 11 builds fp16 only from an FP16 (AutoCast) ONNX; this test's ONNX is fp32")
@@ -200,7 +200,7 @@ def test_trtexec_runner_end_to_end(needs_trtexec, tiny_model, tmp_path):
 @pytest.mark.parametrize("name", ["tensorrt", "trtexec", "torch-cuda"])
 def test_the_loops_runner_options_do_not_break_gpu_runners(name):
     # the loop builds every runner with threads= and seed=; runners that take neither must still construct
-    from edgeprune.profiling.runners import get_runner
+    from edgeprune.backends import get_runner
 
     runner = get_runner(name, require_available=False, threads=1, seed=0)
     assert runner.name == name

@@ -14,11 +14,11 @@ import pytest
 import torch
 
 from edgeprune.config import BuildConfig
-from edgeprune.profiling.devices import resolve_device
-from edgeprune.profiling.runners import get_runner
-from edgeprune.profiling.runners.onnxruntime import OnnxRuntimeRunner
-from edgeprune.profiling.runners.torch_cuda import TorchCudaRunner
-from edgeprune.profiling.telemetry import MonitoredRunner
+from edgeprune.targets.devices import resolve_device
+from edgeprune.backends import get_runner
+from edgeprune.backends.onnxrt.runner import OnnxRuntimeRunner
+from edgeprune.backends.torch_cuda.runner import TorchCudaRunner
+from edgeprune.backends.jetson.telemetry import MonitoredRunner
 from edgeprune.pipeline import stages
 
 from test_telemetry import fake_jetson  # noqa: F401  (fixture)
@@ -113,7 +113,7 @@ def test_the_shipped_engine_and_its_sidecar_go_to_the_output(tmp_path):
 
 
 def test_on_this_host_the_runner_is_not_monitored_and_says_why(monkeypatch):
-    from edgeprune.profiling import telemetry
+    from edgeprune.backends.jetson import telemetry
 
     monkeypatch.setattr(telemetry, "unavailable_reason", lambda: "not a Jetson: test")
     prof = stages.profile_stage(BuildConfig())

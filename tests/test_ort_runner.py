@@ -7,10 +7,10 @@ import torch
 from onnx import numpy_helper
 
 from edgeprune.errors import ConfigError, EdgepruneError, RuntimeUnavailable
-from edgeprune.exporters.onnx import INPUT_NAME
-from edgeprune.profiling.runners import get_runner
-from edgeprune.profiling.runners.base import run_static_batches
-from edgeprune.profiling.runners.onnxruntime import OnnxRuntimeRunner, onnx_weight_bytes
+from edgeprune.export.onnx import INPUT_NAME
+from edgeprune.backends import get_runner
+from edgeprune.backends.base.runner import run_static_batches
+from edgeprune.backends.onnxrt.runner import OnnxRuntimeRunner, onnx_weight_bytes
 
 TINY_SHAPE = (3, 8, 8)
 
@@ -148,7 +148,7 @@ def test_onnx_weight_bytes_external_data(tmp_path, tiny_onnx):
 def test_worker_error_is_reported(runner, tmp_path):
     bad = tmp_path / "bad.onnx"
     bad.write_bytes(b"not an onnx file")
-    from edgeprune.profiling.runners.base import Deployed
+    from edgeprune.backends.base.runner import Deployed
 
     dep = Deployed("onnxruntime", bad, INPUT_NAME, (1, *TINY_SHAPE))
     with pytest.raises(EdgepruneError, match="ONNX Runtime measurement failed"):

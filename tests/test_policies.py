@@ -11,7 +11,7 @@ import torch
 from conftest import RESNET_SHAPE
 from edgeprune.config import BuildConfig
 from edgeprune.errors import BudgetNotMet, ConfigError
-from edgeprune.pipeline.policy import AccuracyCriticalPolicy, Attempt, Step, Stop, choose_fastest
+from edgeprune.pipeline.policies import AccuracyCriticalPolicy, Attempt, Step, Stop, choose_fastest
 from edgeprune.pruning.allocation import Allocator
 from edgeprune.pruning.prune import prunable_widths, round_width
 

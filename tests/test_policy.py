@@ -7,7 +7,7 @@ import random
 
 import pytest
 
-from edgeprune.pipeline.policy import Attempt, LatencySensitivePolicy, Step, Stop, choose_final
+from edgeprune.pipeline.policies import Attempt, LatencySensitivePolicy, Step, Stop, choose_final
 
 
 def tenths(r: float) -> int:

@@ -6,7 +6,7 @@ from torch import nn
 
 from edgeprune.errors import ConfigError
 from edgeprune.models.zoo import BasicBlock
-from edgeprune.profiling.cost import model_cost
+from edgeprune.pruning.cost import model_cost
 from edgeprune.pruning.importance import CRITERIA
 from edgeprune.pruning.prune import DEEPEST_RATIO, prunable_widths, prune_model, round_width
 

@@ -18,7 +18,7 @@ import torch
 
 from edgeprune.config import BuildConfig
 from edgeprune.errors import BudgetNotMet, ConfigError, RuntimeUnavailable
-from edgeprune.profiling.runners.remote import (RemoteRunner, SshSession, SshTarget, check_ssh_options,
+from edgeprune.backends.remote.runner import (RemoteRunner, SshSession, SshTarget, check_ssh_options,
                                                 parse_target, remote_path_arg, ssh_failure, worker_failure)
 
 from conftest import TINY_SHAPE
@@ -71,7 +71,7 @@ def test_failure_messages_say_what_to_do():
     assert "accept-new" in ssh_failure(t, "Host key verification failed.\n", 255)
     assert "IdentityFile" in ssh_failure(t, "nvidia@orin: Permission denied (publickey).\n", 255)
     msg = worker_failure(t, "python3", 1, ["/usr/bin/python3: Error while finding module specification for "
-                                           "'edgeprune.profiling.runners.remote_worker' (ModuleNotFoundError: "
+                                           "'edgeprune.backends.remote.worker' (ModuleNotFoundError: "
                                            "No module named 'edgeprune')"], "")
     assert msg.startswith("edgeprune is not installed for python3 on nvidia@orin:2222") and "\n" not in msg
     assert "was not found" in worker_failure(t, "/opt/py", 127, ["sh: 1: exec: /opt/py: not found"], "")
@@ -261,7 +261,7 @@ def test_what_the_far_side_built_comes_back_whole(own_session, tiny_onnx, tmp_pa
 
 
 def test_the_timing_cache_goes_there_and_comes_back(own_session, tiny_onnx, tmp_path):
-    from edgeprune.exporters.tensorrt import BuildOptions
+    from edgeprune.backends.trt.engine import BuildOptions
 
     s = own_session
     _, onnx_path = tiny_onnx
@@ -329,7 +329,7 @@ FAST = dict(model="resnet20", input_shape=(1, 16, 16), train_epochs=1, finetune_
 @pytest.mark.usefixtures("edgeprune_cache")
 def test_build_measured_remotely_says_so(sshd, tmp_path):
     import edgeprune
-    from edgeprune.pipeline.artifacts import verify_manifest
+    from edgeprune.files import verify_manifest
 
     out = tmp_path / "out"
     controls = set(Path(tempfile.gettempdir()).glob("ep-ssh-*"))

@@ -8,9 +8,9 @@ import pytest
 from click.testing import CliRunner
 
 from edgeprune.cli import main
-from edgeprune.pipeline.artifacts import MANIFEST, file_hashes, verify_manifest, write_json
-from edgeprune.reporting import plots
-from edgeprune.reporting.markdown import render_report
+from edgeprune.files import MANIFEST, file_hashes, verify_manifest, write_json
+from edgeprune.report import plots
+from edgeprune.report.markdown import render_report
 from synthetic_reports import make_report, write_artifact
 
 PNG = b"\x89PNG\r\n\x1a\n"

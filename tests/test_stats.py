@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from edgeprune.profiling.stats import LatencyStats, paired_ratio, summarize, within_noise
+from edgeprune.backends.base.stats import LatencyStats, paired_ratio, summarize, within_noise
 
 
 def _blocks(rng, n_blocks, iters, center, jitter=0.02, drift=None):

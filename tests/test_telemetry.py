@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from edgeprune.profiling import telemetry
-from edgeprune.profiling.telemetry import (JetsonMonitor, JtopSampler, MonitoredRunner, TegrastatsSampler,
+from edgeprune.backends.jetson import telemetry
+from edgeprune.backends.jetson.telemetry import (JetsonMonitor, JtopSampler, MonitoredRunner, TegrastatsSampler,
                                            clocks_verdict, parse_jetson_clocks, parse_nvpmodel,
                                            parse_tegrastats_line, read_clocks_sysfs, read_jetson_state,
                                            sample_from_jtop, summarize_samples)
@@ -297,7 +297,7 @@ def test_tegrastats_sampler_reads_the_running_tool(fake_jetson):
 def test_monitor_warns_once_and_reports_unlocked_clocks(fake_jetson, caplog):
     import time
 
-    from edgeprune.profiling.runners.base import Runner
+    from edgeprune.backends.base.runner import Runner
 
     class Sleepy(Runner):
         name = "sleepy"
@@ -319,7 +319,7 @@ def test_monitor_warns_once_and_reports_unlocked_clocks(fake_jetson, caplog):
             return "released"
 
     runner = MonitoredRunner(Sleepy(), JetsonMonitor(interval_ms=50))
-    with caplog.at_level(logging.WARNING, logger="edgeprune.profiling.telemetry"):
+    with caplog.at_level(logging.WARNING, logger="edgeprune.backends.jetson.telemetry"):
         assert runner.measure_interleaved([1, 2], 0, 1, 1) == ["stats", "stats"]
         assert runner.measure(1, 0, 1) == "stats"
     assert runner.name == "sleepy" and runner.release() == "released"

@@ -16,12 +16,12 @@ import pytest
 from onnx import TensorProto, helper
 
 from edgeprune.errors import ConfigError, EdgepruneError, RuntimeUnavailable
-from edgeprune.exporters.tensorrt import (BuildOptions, EngineMetadata, OnnxInfo, build_engine,
+from edgeprune.backends.trt.engine import (BuildOptions, EngineMetadata, OnnxInfo, build_engine,
                                           check_engine_compatible, import_tensorrt, inspect_onnx, metadata_path,
                                           parse_trt_version, plan_build, profile_shapes, read_metadata, rechunk,
                                           stale_reason, write_metadata)
-from edgeprune.profiling.runners.torch_cuda import interleave_blocks
-from edgeprune.profiling.runners.trtexec import (TrtexecRunner, parse_export_times, parse_help_flags,
+from edgeprune.backends.torch_cuda.runner import interleave_blocks
+from edgeprune.backends.trt.trtexec import (TrtexecRunner, parse_export_times, parse_help_flags,
                                                  parse_trtexec_device, parse_trtexec_settings,
                                                  parse_trtexec_summary, parse_trtexec_version,
                                                  runtime_setting_flags, trtexec_command, trtexec_stats,

@@ -1,2 +1,1 @@
-"""The build pipeline: plain stage functions (stages.py), the policy that steers (policy.py), the loop that
-orchestrates (loop.py) and atomic artifact writing (artifacts.py)."""
+"""The build: a policy drives attempts (prune -> recover -> export -> measure) over a profiled target."""

@@ -17,16 +17,16 @@ import torch
 from .. import __version__
 from ..config import BuildConfig
 from ..errors import BudgetNotMet, ConfigError, ParityError
-from ..exporters.onnx import export_onnx
-from ..profiling.cost import model_cost
-from ..profiling.runners.onnxruntime import onnx_weight_bytes
-from ..profiling.stats import LatencyStats, paired_ratio, within_noise
+from ..export.onnx import export_onnx
+from ..pruning.cost import model_cost
+from ..backends.onnxrt.runner import onnx_weight_bytes
+from ..backends.base.stats import LatencyStats, paired_ratio, within_noise
 from ..pruning.prune import DEEPEST_RATIO, prunable_widths, prune_model
 from . import stages
-from .artifacts import StagedOutput, write_json
+from ..files import StagedOutput, write_json
 from ..pruning.allocation import Allocator
 from ..pruning.recover import accuracy_torch, recalibrate_bn
-from .policy import (AccuracyCriticalPolicy, Attempt, LatencySensitivePolicy, Step, Stop, choose_fastest,
+from .policies import (AccuracyCriticalPolicy, Attempt, LatencySensitivePolicy, Step, Stop, choose_fastest,
                      choose_final)
 
 log = logging.getLogger(__name__)
@@ -408,7 +408,7 @@ class _Build:
 
     # -- artifacts -----------------------------------------------------------------------------------------
     def _write(self, final_idx: int, budget_met: bool, stop_reason: str, policy: str) -> BuildResult:
-        from ..reporting.markdown import render_report
+        from ..report.markdown import render_report
 
         cfg = self.config
         self.progress.stage("artifacts", f"writing {cfg.out}")
@@ -478,7 +478,7 @@ class _Build:
 
     def _copy_engine(self, index: int, out: Path) -> list[str]:
         """The shipped TensorRT engine and its sidecar, when the runner built one (here or on the far side)."""
-        from ..exporters.tensorrt import metadata_path
+        from ..backends.trt.engine import metadata_path
 
         engine = Path(self.exports[index].deployed.path)
         if engine.suffix != ".engine" or not engine.is_file():

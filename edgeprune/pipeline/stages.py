@@ -17,12 +17,12 @@ from torch import nn
 from ..config import BuildConfig
 from ..data import DataBundle, load_data
 from ..errors import ParityError, RuntimeUnavailable
-from ..exporters.onnx import ExportResult, Parity, check_parity, export_onnx
+from ..export.onnx import ExportResult, Parity, check_parity, export_onnx
 from ..models import LoadedModel, load_model
 from ..models.zoo import ZOO
-from ..profiling.devices import DeviceSpec, HostInfo, detect_host, measurable_here, resolve_device
-from ..profiling.runners import BESIDE_ONNX, Deployed, Runner, get_runner
-from ..profiling.telemetry import JetsonMonitor, MonitoredRunner
+from ..targets.devices import DeviceSpec, HostInfo, detect_host, measurable_here, resolve_device
+from ..backends import BESIDE_ONNX, Deployed, Runner, get_runner
+from ..backends.jetson.telemetry import JetsonMonitor, MonitoredRunner
 from ..pruning.recover import finetune, recalibrate_bn, train
 
 log = logging.getLogger(__name__)
@@ -64,7 +64,7 @@ def _measurable_device(config: BuildConfig, host, where: str):
 
 
 def _remote_profile(config: BuildConfig, work: Path | None) -> Profile:
-    from ..profiling.runners.remote import RemoteRunner, SshSession
+    from ..backends.remote.runner import RemoteRunner, SshSession
 
     session = SshSession.open(config.remote, python=config.remote_python, remote_dir=config.remote_dir,
                               ssh_options=config.remote_ssh_options)
@@ -106,7 +106,7 @@ def runner_options(config: BuildConfig, threads: int | None, device: DeviceSpec,
     runner = runner or device.runner
     options: dict[str, Any] = {"threads": threads, "seed": config.seed}
     if runner in ("tensorrt", "trtexec"):
-        from ..exporters.tensorrt import BuildOptions
+        from ..backends.trt.engine import BuildOptions
 
         cache = str(Path(work) / "tensorrt.timing-cache") if work is not None else None
         options["options"] = BuildOptions(precision=device.default_precision, timing_cache=cache)

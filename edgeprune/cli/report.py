@@ -1,0 +1,23 @@
+"""`edgeprune report OUT_DIR`: re-render report.md and a self-contained report.html from report.json."""
+from __future__ import annotations
+
+import click
+
+
+@click.command()
+@click.argument("out_dir", type=click.Path(file_okay=False))
+@click.option("--quiet", "-q", is_flag=True, help="Print nothing but errors.")
+def report(out_dir: str, quiet: bool) -> None:
+    """Rewrite OUT_DIR/report.md and write OUT_DIR/report.html (plots embedded) from OUT_DIR/report.json.
+
+    manifest.json gets the new hashes of the files written, so the directory still verifies; files that already
+    differed from the manifest are listed, not re-hashed.
+    """
+    from ..report.html import write_reports
+
+    written = write_reports(out_dir)
+    for w in written.warnings:
+        click.echo(f"edgeprune: warning: {w}", err=True)
+    if not quiet:
+        where = "; manifest.json updated" if written.manifest_updated else ""
+        click.echo(f"wrote {', '.join(written.files)} in {written.directory}{where}")

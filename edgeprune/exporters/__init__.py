@@ -1,1 +1,0 @@
-"""Exporters: ONNX (with graph cleanup and a parity gate) and TensorRT engines."""

@@ -1,1 +1,0 @@
-"""Reports for people (report.md) built from report.json."""
