@@ -3,7 +3,7 @@
 Exports a CIFAR-style ResNet-20 (1 input channel, random weights: latency does not depend on them) at 1x32x32 as
 the baseline, and the same network at larger inputs as truly slower candidates (more pixels, same weights: more
 MACs, nothing else changes). It first measures each candidate's true slow-down with a long run interleaved with the
-baseline, then runs the check's re-measure logic (edgeprune.check.core.remeasure_latency, exactly what
+baseline, then runs the check's re-measure logic (edgeprune.check.remeasure_latency, exactly what
 --remeasure runs) --runs times for the baseline against itself (every regression verdict is a false alarm) and for
 each candidate against the baseline (a regression verdict is a detection when the true slow-down is over the
 threshold, a false alarm when it is under, and either verdict is right when the true slow-down's interval contains
@@ -32,9 +32,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from edgeprune.targets.devices import _cpu_model as cpu_model  # noqa: E402
+from edgeprune.targets.devices import detect_host  # noqa: E402
 from edgeprune.backends.base.stats import paired_ratio  # noqa: E402
-from edgeprune.check.core import METRICS, parse_threshold, remeasure_latency  # noqa: E402
+from edgeprune.check import METRICS, parse_threshold, remeasure_latency  # noqa: E402
 
 BASE_SHAPE = (1, 32, 32)
 
@@ -198,7 +198,7 @@ def main(argv: list[str] | None = None) -> int:
     out = {
         "benchmark": "check_noise", "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
-        "host": {"machine": platform.machine(), "cpu": cpu_model(), "python": platform.python_version()},
+        "host": {"machine": platform.machine(), "cpu": detect_host().cpu_model, "python": platform.python_version()},
         "runner": runner.describe(), "threshold": threshold.to_dict(),
         "rule": "regression if low > limit; pass if high <= limit; else re-measure with twice the blocks and "
                 "flag iff ratio > limit and low > 1",

@@ -13,7 +13,7 @@ from torch import nn
 from edgeprune.cli import main
 from edgeprune.errors import ConfigError
 from edgeprune.backends.base.stats import PairedRatio, summarize
-from edgeprune.check import core as chk
+from edgeprune import check as chk
 from synthetic_reports import make_report, write_artifact
 
 FAST = ["--iters", "20", "--blocks", "4", "--warmup", "5"]

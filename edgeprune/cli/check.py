@@ -1,4 +1,4 @@
-"""`edgeprune check NEW BASELINE`: a regression gate for CI (logic in edgeprune/reporting/check.py)."""
+"""`edgeprune check NEW BASELINE`: a regression gate for CI (logic in edgeprune/check/)."""
 from __future__ import annotations
 
 import json
@@ -38,8 +38,8 @@ def check(ctx: click.Context, new: str, baseline: str, config_file: str | None, 
     Exit codes: 0 pass, 1 regression, 2 cannot compare (missing or malformed report, another schema_version,
     another device / runtime / precision / batch size / input shape).
     """
-    from ..check.core import (CannotCompare, CheckOptions, cannot_compare_result, run_check, step_summary_path,
-                                   write_outputs)
+    from ..check import (CannotCompare, CheckOptions, cannot_compare_result, run_check, step_summary_path,
+                         write_outputs)
 
     options = CheckOptions.from_sources(config_file, **flags)
     try:
@@ -64,7 +64,7 @@ def print_table(result: dict[str, Any]) -> None:
     from rich.markup import escape
     from rich.table import Table
 
-    from ..check.core import format_change, format_value
+    from ..check.render import format_change, format_value
 
     console = Console()
     n = result["new"]

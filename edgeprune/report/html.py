@@ -20,7 +20,7 @@ from typing import Any
 from ..errors import ConfigError
 from ..files import MANIFEST, file_hashes, verify_manifest, write_json
 from . import plots
-from .markdown import _m, _num, _pct, render_report, verdict_text
+from .markdown import count_text, num_text, pct_text, render_report, verdict_text
 
 log = logging.getLogger(__name__)
 
@@ -102,12 +102,12 @@ def render_html(r: dict[str, Any]) -> str:
         ("", "unpruned", "shipped", "change"),
         (f"{b['percentile']} latency (ms), side by side", f"{f['baseline_latency_ms']:.3f}", f"{f['latency_ms']:.3f}",
          f"{f['speedup']:.2f}x faster"),
-        ("MACs", _m(base["macs"]), _m(f["macs"]), f"{f['macs_reduction']:.2f}x fewer"),
-        ("parameters", _m(base["params"]), _m(f["params"]), f"{f['params_reduction']:.2f}x fewer"),
-        ("accuracy (ONNX artifact, val)", _pct(base.get("accuracy")), _pct(f.get("accuracy")),
+        ("MACs", count_text(base["macs"]), count_text(f["macs"]), f"{f['macs_reduction']:.2f}x fewer"),
+        ("parameters", count_text(base["params"]), count_text(f["params"]), f"{f['params_reduction']:.2f}x fewer"),
+        ("accuracy (ONNX artifact, val)", pct_text(base.get("accuracy")), pct_text(f.get("accuracy")),
          "" if f.get("accuracy_drop") is None else f"{-f['accuracy_drop']:+.2f} points"),
         ("weights (bytes)", _int(base["memory"].get("weights_bytes")), _int(f["memory"].get("weights_bytes")), ""),
-        ("runtime peak memory (MB)", _num(base["memory"].get("peak_mb")), _num(f["memory"].get("peak_mb")), ""),
+        ("runtime peak memory (MB)", num_text(base["memory"].get("peak_mb")), num_text(f["memory"].get("peak_mb")), ""),
     ]
     iter_rows = [("#", "ratio", "MMACs", "params", "latency (ms)", "vs unpruned [95% CI]", "accuracy", "budget",
                   "note")]
@@ -118,8 +118,9 @@ def render_html(r: dict[str, Any]) -> str:
         note = ("shipped: " if it.get("selected") else "") + str(it.get("step_reason", ""))
         if it.get("remeasured"):
             note += " (re-measured: first verdict was within noise)"
-        iter_rows.append((str(it["index"]), f"{it.get('ratio', 0.0):.3f}", f"{it['macs'] / 1e6:.2f}", _m(it["params"]),
-                          f"{it['latency_ms']:.3f}", vs, _pct(it.get("accuracy")),
+        iter_rows.append((str(it["index"]), f"{it.get('ratio', 0.0):.3f}", f"{it['macs'] / 1e6:.2f}",
+                          count_text(it["params"]),
+                          f"{it['latency_ms']:.3f}", vs, pct_text(it.get("accuracy")),
                           "-" if budget_met is None else ("met" if budget_met else "over"), note))
     lat = r["iterations"][f["index"]]["latency"]
     runner = r.get("runner") or {}

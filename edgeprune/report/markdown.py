@@ -38,12 +38,13 @@ def render_report(r: dict[str, Any]) -> str:
         "|---|---:|---:|---:|",
         f"| {percentile} latency (ms), measured side by side | {f['baseline_latency_ms']:.3f} | "
         f"{f['latency_ms']:.3f} | {f['speedup']:.2f}x faster |",
-        f"| MACs | {_m(base['macs'])} | {_m(f['macs'])} | {f['macs_reduction']:.2f}x fewer |",
-        f"| parameters | {_m(base['params'])} | {_m(f['params'])} | {f['params_reduction']:.2f}x fewer |",
-        f"| accuracy (ONNX artifact, val) | {_pct(base['accuracy'])} | {_pct(f['accuracy'])} | "
+        f"| MACs | {count_text(base['macs'])} | {count_text(f['macs'])} | {f['macs_reduction']:.2f}x fewer |",
+        f"| parameters | {count_text(base['params'])} | {count_text(f['params'])} | "
+        f"{f['params_reduction']:.2f}x fewer |",
+        f"| accuracy (ONNX artifact, val) | {pct_text(base['accuracy'])} | {pct_text(f['accuracy'])} | "
         f"{_drop(f['accuracy_drop'])} |",
         f"| weights (bytes) | {_bytes(base['memory']['weights_bytes'])} | {_bytes(f['memory']['weights_bytes'])} | |",
-        f"| runtime peak memory (MB) | {_num(base['memory']['peak_mb'])} | {_num(f['memory']['peak_mb'])} | |",
+        f"| runtime peak memory (MB) | {num_text(base['memory']['peak_mb'])} | {num_text(f['memory']['peak_mb'])} | |",
         "",
         f"Speed-up per MACs reduction: {f['speedup_per_macs_reduction']:.2f}. "
         f"Parity of the shipped ONNX with PyTorch: max abs error {f['parity']['max_abs']:.2e} over "
@@ -61,8 +62,8 @@ def render_report(r: dict[str, Any]) -> str:
         note = ("**shipped** " if it["selected"] else "") + it["step_reason"]
         if it.get("remeasured"):
             note += " (re-measured: first verdict was within noise)"
-        lines.append(f"| {it['index']} | {it['ratio']:.3f} | {it['macs'] / 1e6:.2f} | {_m(it['params'])} | "
-                     f"{it['latency_ms']:.3f} | {vs} | {_pct(it['accuracy'])} | {met} | {note} |")
+        lines.append(f"| {it['index']} | {it['ratio']:.3f} | {it['macs'] / 1e6:.2f} | {count_text(it['params'])} | "
+                     f"{it['latency_ms']:.3f} | {vs} | {pct_text(it['accuracy'])} | {met} | {note} |")
     lat = r["iterations"][f["index"]]["latency"]
     lines += [
         "",
@@ -98,15 +99,15 @@ def _telemetry_line(t: dict | None) -> str:
               f"**not locked**: {t.get('warning')}" if t.get("clocks_locked") is False else "of unknown state")
     return (f"- Jetson telemetry ({t.get('source')}, {t.get('samples')} samples over {t.get('windows')} "
             f"measurements): power mode {(t.get('power_mode') or {}).get('name')}, clocks {clocks}; GPU load mean "
-            f"{_num(gpu.get('mean'))}% / max {_num(gpu.get('max'))}%, peak RAM {_num(ram.get('peak'))} MB; mean "
-            f"power {rails or 'n/a'}.")
+            f"{num_text(gpu.get('mean'))}% / max {num_text(gpu.get('max'))}%, peak RAM {num_text(ram.get('peak'))} "
+            f"MB; mean power {rails or 'n/a'}.")
 
 
-def _m(n: float) -> str:
+def count_text(n: float) -> str:
     return f"{n / 1e6:.2f}M" if n >= 1e6 else f"{n / 1e3:.1f}k"
 
 
-def _pct(x: float | None) -> str:
+def pct_text(x: float | None) -> str:
     return "n/a" if x is None else f"{x:.2f}%"
 
 
@@ -118,5 +119,5 @@ def _bytes(x: int | None) -> str:
     return "n/a" if x is None else f"{x:,}"  # runners that cannot read the weights record None
 
 
-def _num(x: float | None) -> str:
+def num_text(x: float | None) -> str:
     return "n/a" if x is None else f"{x:.1f}"
