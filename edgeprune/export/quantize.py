@@ -15,6 +15,7 @@ Two Q/DQ profiles (QDQ_PROFILES), because the two runtimes want different graphs
 from __future__ import annotations
 
 import contextlib
+import io
 import logging
 import tempfile
 from dataclasses import replace
@@ -232,11 +233,13 @@ class _DropPreprocessHint(logging.Filter):
 
 @contextlib.contextmanager
 def _quiet_ort_quantizer():
-    """ORT's quantizer logs 'consider pre-processing' on the root logger every call; the export already folded
-    constants and shapes, and ORT's optimizer fusions would hide the graph TensorRT must see."""
+    """ORT's quantizer logs 'consider pre-processing' on the root logger every call (the export already folded
+    constants and shapes, and ORT's optimizer fusions would hide the graph TensorRT must see), and its histogram
+    calibrators print progress to stdout, which is the CLI's."""
     root, hint = logging.getLogger(), _DropPreprocessHint()
     root.addFilter(hint)
     try:
-        yield
+        with contextlib.redirect_stdout(io.StringIO()):
+            yield
     finally:
         root.removeFilter(hint)
