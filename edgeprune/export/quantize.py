@@ -8,9 +8,10 @@ Two Q/DQ profiles (QDQ_PROFILES), because the two runtimes want different graphs
   loses its Q/DQ so TensorRT fuses the Add into that convolution (ModelOpt's `remove_partial_input_qdq` does
   the same: only the residual branch is quantized).
 - "onnxruntime" (ORT's CPU kernels): uint8 asymmetric activations, int8 symmetric per-channel weights, ORT's
-  default placement (outputs quantized too, so DQ->Conv->Q fuses into QLinearConv). On this Xeon (AVX512-VNNI,
-  AMX) ResNet-18 ran 7.0 ms vs 22 ms fp32 with U8S8, but 20.6 ms with the symmetric int8 activations TensorRT
-  needs: ORT's fast integer kernels are U8S8. An artifact for TensorRT is therefore not the one to time on ORT CPU.
+  default placement (outputs quantized too, so DQ->Conv->Q fuses into QLinearConv). Measured on this Xeon
+  (AVX512-VNNI, AMX; benchmarks/results/precision.json, 1 thread): ResNet-18 0.32x fp32 latency with this profile,
+  1.57x with the "tensorrt" one; an ad-hoc probe with ORT's placement but int8 symmetric activations ran 0.95x.
+  ORT's fast integer kernels are U8S8, so an artifact made for TensorRT is not the one to time on ORT CPU.
 """
 from __future__ import annotations
 
