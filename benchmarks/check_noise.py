@@ -12,7 +12,7 @@ the threshold). Pairs take turns within each run, so slow phases of the machine 
 It also scores two simpler rules on the same first-round measurements, for comparison:
   strict: regression iff the 95% interval's low end > 1 + threshold;  point: regression iff the ratio > 1 + threshold.
 
-    .venv/bin/python benchmarks/check_noise.py                  # 20 runs (about 10 minutes on a 2-core VM)
+    .venv/bin/python benchmarks/check_noise.py                  # 20 runs (about 15 minutes on a 2-core VM)
     .venv/bin/python benchmarks/check_noise.py --runs 3         # a smoke test
 Writes benchmarks/results/check_noise.json.
 """
@@ -33,8 +33,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from edgeprune.targets.devices import detect_host  # noqa: E402
-from edgeprune.backends.base.stats import paired_ratio  # noqa: E402
 from edgeprune.check import METRICS, parse_threshold, remeasure_latency  # noqa: E402
+from edgeprune.check.remeasure import RULE, measure_pairs, median_ratio  # noqa: E402
 
 BASE_SHAPE = (1, 32, 32)
 
@@ -89,17 +89,17 @@ def main(argv: list[str] | None = None) -> int:
         macs[name] = model_cost(model, shape).macs
     deployed = {name: runner.prepare(p, work) for name, p in paths.items()}
 
-    # 1. the truth: a long run per candidate, interleaved with the baseline exactly as the check does it (two
-    # sessions; with more models in one run the ratios come out a few percent different)
+    # 1. the truth: a long run per candidate, paired with the baseline exactly as the check does it (a fresh pair
+    # of sessions per block pair; with more models in one run the ratios come out a few percent different)
     names = list(paths)
     truth = {}
     base_p50 = []
     for name in names[1:]:
-        print(f"measuring the true slow-down of {name}: interleaved with the baseline, {args.truth_blocks} blocks of "
+        print(f"measuring the true slow-down of {name}: paired with the baseline, {args.truth_blocks} block pairs of "
               f"{args.iters} runs", file=sys.stderr)
-        cand, base = runner.measure_interleaved([deployed[name], deployed["base"]], args.warmup, args.iters,
-                                                args.truth_blocks)
-        pr = paired_ratio(cand, base)
+        cand, base = measure_pairs(runner, [deployed[name], deployed["base"]], args.warmup, args.iters,
+                                   args.truth_blocks)
+        pr = median_ratio(cand.block_medians, base.block_medians)
         base_p50.append(base.p50)
         truth[name] = {"shape": list(shapes[name]), "macs_ratio": macs[name] / macs["base"], "true_ratio": pr.ratio,
                        "true_low": pr.low, "true_high": pr.high, "p50_ms": cand.p50, "baseline_p50_ms": base.p50}
@@ -158,6 +158,10 @@ def main(argv: list[str] | None = None) -> int:
             "strict_rule_flagged": sum(r["strict"] for r in recs), "point_rule_flagged": sum(r["point"] for r in recs),
             "second_round": sum(r["rounds"] > 1 for r in recs),
             "ratio_median": statistics.median(ratios), "ratio_min": min(ratios), "ratio_max": max(ratios),
+            # the final interval contains the true ratio (1.0 for an artifact against itself)
+            "interval_covers_truth": sum(r["low"] <= t["true_ratio"] <= r["high"] for r in recs),
+            "first_interval_covers_truth": sum(r["first"]["low"] <= t["true_ratio"] <= r["first"]["high"]
+                                               for r in recs),
         }
         print(f"{pair:>10} {t['true_ratio'] - 1:>+7.1%} {expect:>7} {n_flag:>4}/{len(recs):<3} "
               f"{n_flag / len(recs):>6.0%} [{lo:>4.0%}, {hi:>4.0%}] {summary[pair]['strict_rule_flagged']:>7} "
@@ -185,6 +189,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{rule:>6} rule: false alarms {r['false_alarms']}/{r['false_alarm_trials']}, detections "
               f"{r['detections']}/{r['detection_trials']}" + ("  (the strict and point rules judge the first round)"
                                                                if rule == "point" else ""))
+    same = summary["same"]
+    print(f"self-comparison: the final 95% interval contains 1.0 in {same['interval_covers_truth']}/{same['runs']} "
+          f"runs (the first round's in {same['first_interval_covers_truth']}/{same['runs']})")
     if smallest:
         lo = summary[smallest[1]]["flag_rate_ci95"][0]
         print(f"smallest true slow-down flagged in >= {args.reliable:.0%} of runs: {smallest[0] - 1:+.1%} "
@@ -200,8 +207,7 @@ def main(argv: list[str] | None = None) -> int:
         "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
         "host": {"machine": platform.machine(), "cpu": detect_host().cpu_model, "python": platform.python_version()},
         "runner": runner.describe(), "threshold": threshold.to_dict(),
-        "rule": "regression if low > limit; pass if high <= limit; else re-measure with twice the blocks and "
-                "flag iff ratio > limit and low > 1",
+        "rule": RULE,
         "baseline": {"shape": list(BASE_SHAPE), "p50_ms": base_ms, "macs": macs["base"]},
         "truth": truth, "summary": summary, "rates": rates,
         "smallest_reliable_slowdown": None if not smallest else {"pair": smallest[1], "true_ratio": smallest[0]},

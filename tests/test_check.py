@@ -258,22 +258,24 @@ def test_decide_paired_rule():
 
 
 class ScriptedRunner:
-    """Returns pre-made block medians (new, baseline) per measure_interleaved call; records the block counts."""
+    """Serves pre-made block medians, one (new, baseline) pair per measure_interleaved call, in the order asked
+    (the check alternates which goes first); records how many pairs each round asked for."""
 
     def __init__(self, rounds):
-        self.rounds = list(rounds)
+        self.pairs = [p for new, base in rounds for p in zip(new, base)]
         self.calls = []
 
     def available(self):
         return None
 
     def prepare(self, path, workdir):
-        return str(path)
+        return path.name
 
     def measure_interleaved(self, deployed, warmup, iters, blocks):
-        self.calls.append(blocks)
-        new, base = self.rounds.pop(0)
-        return [summarize([[m] * 3 for m in meds], warmup) for meds in (new, base)]
+        assert blocks == 1  # each block pair in fresh sessions
+        self.calls.append(deployed[0])
+        meds = dict(zip(("a", "b"), self.pairs.pop(0)))
+        return [summarize([[meds[d]] * 3], warmup) for d in deployed]
 
     def describe(self):
         return {"runner": "scripted", "threads": 1}
@@ -284,13 +286,31 @@ def test_remeasure_second_round_only_when_ambiguous(tmp_path):
     base = [1.0] * 6
     clear = ScriptedRunner([([1.3, 1.31, 1.29, 1.3, 1.32, 1.28], base)])
     out = chk.remeasure_latency(clear, tmp_path / "a", tmp_path / "b", thr, 1, 3, 6)
-    assert out["verdict"] == "regression" and clear.calls == [6]
+    assert out["verdict"] == "regression" and len(clear.calls) == 6
+    assert clear.calls == ["a", "b"] * 3  # the first position alternates
     ambiguous = [1.02, 1.2, 1.05, 1.15, 1.08, 1.12]
     second = [1.13, 1.12, 1.14, 1.11, 1.13, 1.12] * 2
     runner = ScriptedRunner([(ambiguous, base), (second, [1.0] * 12)])
     out = chk.remeasure_latency(runner, tmp_path / "a", tmp_path / "b", thr, 1, 3, 6)
-    assert runner.calls == [6, 12] and [r["verdict"] for r in out["rounds"]] == ["uncertain", "regression"]
+    assert len(runner.calls) == 6 + 12 and [r["verdict"] for r in out["rounds"]] == ["uncertain", "regression"]
     assert out["verdict"] == "regression"
+    assert out["rounds"][1]["new"]["block_medians"] == pytest.approx(second)
+
+
+def test_median_ratio_interval_is_distribution_free():
+    from edgeprune.check.remeasure import median_ratio
+
+    r = median_ratio([float(x) for x in range(1, 11)], [1.0] * 10)  # ratios 1..10
+    assert (r.ratio, r.low, r.high, r.pairs) == (5.5, 2.0, 9.0, 10)  # [x(2), x(9)]: 97.9% for n = 10
+    r = median_ratio([float(x) for x in range(1, 21)], [1.0] * 20)
+    assert (r.low, r.high) == (6.0, 15.0)  # [x(6), x(15)]: 95.9% for n = 20
+    r = median_ratio([2.0, 4.0, 3.0], [1.0] * 3)
+    assert (r.low, r.high) == (2.0, 4.0)  # too few pairs for 95%: the full range
+    # coverage for independent pairs whatever their spread: an artifact against itself, simulated
+    rng = np.random.default_rng(0)
+    hits = sum(r.low <= 1.0 <= r.high for r in
+               (median_ratio(np.exp(rng.standard_t(3, 10) * 0.01), [1.0] * 10) for _ in range(2000)))
+    assert hits / 2000 >= 0.96
 
 
 def test_remeasure_refuses_what_it_cannot_time(tmp_path):

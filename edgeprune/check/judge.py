@@ -7,6 +7,7 @@ report's p50 with its recorded spread) or, with `remeasure`, by timing both mode
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -14,6 +15,7 @@ from typing import Any, Callable
 
 from .. import __version__
 from ..errors import EdgepruneError
+from ..report.manifest import UnsafeArtifact, modified_files
 from ..report.schema import SCHEMA_VERSION
 from .remeasure import ORT_RUNNERS, ort_runner_for, remeasure_latency
 from .render import format_worsening, summary_line
@@ -34,6 +36,16 @@ def run_check(new_path: str | Path, base_path: str | Path, options: CheckOptions
     """Compare NEW against BASELINE; the result dict (see result_skeleton) with `verdict` and `exit_code`.
     Raises CannotCompare (exit code 2) when they cannot be compared."""
     new, base = load_report(new_path, "NEW"), load_report(base_path, "BASELINE")
+    try:
+        return _judge(new, base, new_path, base_path, options, runner_factory)
+    except (KeyError, TypeError, AttributeError, ValueError, IndexError) as exc:
+        # a field of a type validation did not foresee: the reports cannot be read as reports, never a verdict
+        raise CannotCompare(f"cannot compare: a report is malformed ({type(exc).__name__}: {str(exc)[:200]})") \
+            from exc
+
+
+def _judge(new: LoadedReport, base: LoadedReport, new_path: str | Path, base_path: str | Path,
+           options: CheckOptions, runner_factory: RunnerFactory | None) -> dict[str, Any]:
     result = result_skeleton(new_path, base_path)
     result["new"], result["baseline"] = _describe(new), _describe(base)
     diffs = mismatches(new.data, base.data)
@@ -116,9 +128,11 @@ def load_report(path: str | Path, role: str) -> LoadedReport:
         hint = " (an artifact directory must contain report.json)" if Path(path).is_dir() else ""
         raise CannotCompare(f"cannot compare: {where} does not exist{hint}")
     try:
-        data = json.loads(p.read_text())
+        data = json.loads(p.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError) as exc:
         raise CannotCompare(f"cannot compare: {where} cannot be read ({exc})") from None
+    except RecursionError:
+        raise CannotCompare(f"cannot compare: {where} is nested too deeply to be a report") from None
     except json.JSONDecodeError as exc:
         raise CannotCompare(f"cannot compare: {where} is not valid JSON (line {exc.lineno}: {exc.msg})") from None
     if not isinstance(data, dict):
@@ -128,7 +142,19 @@ def load_report(path: str | Path, role: str) -> LoadedReport:
         raise CannotCompare(f"cannot compare: {where} has schema_version {version!r}, this edgeprune reads "
                             f"schema_version {SCHEMA_VERSION}: rebuild it, or compare with the edgeprune that wrote it")
     _validate(data, where)
+    _verify_manifest(p.parent, where)
     return LoadedReport(role, p, data)
+
+
+def _verify_manifest(directory: Path, where: str) -> None:
+    """The artifact's files (report.json, model.onnx, ...) must still be what its manifest.json recorded."""
+    try:
+        modified = modified_files(directory)
+    except UnsafeArtifact as exc:
+        raise CannotCompare(f"cannot compare: {where}: {exc.message}") from None
+    if modified:
+        raise CannotCompare(f"cannot compare: {where}: {', '.join(modified)} in {directory} no longer match "
+                            f"{directory / 'manifest.json'} (sha256): the artifact changed after the build")
 
 
 _NUMBER = (int, float)
@@ -146,7 +172,20 @@ def _validate(r: dict[str, Any], where: str) -> None:
         if not isinstance(node, types) or isinstance(node, bool) and bool not in types:
             raise CannotCompare(f"cannot compare: {where} is malformed: {keys} is {type(node).__name__}, "
                                 f"expected {'/'.join(t.__name__ for t in types)}")
+        finite(node, keys)
         return node
+
+    def finite(value: Any, keys: str) -> None:
+        # Python's json reads NaN / Infinity; no comparison with them means anything, so none may pass
+        for v in value if isinstance(value, list) else [value]:
+            if isinstance(v, float) and not math.isfinite(v):
+                raise CannotCompare(f"cannot compare: {where} is malformed: {keys} is "
+                                    f"{'NaN' if math.isnan(v) else 'Infinity'}, not a figure")
+
+    for key in ("device", "runner", "model", "config", "versions", "host", "data", "tool"):
+        if r.get(key) is not None and not isinstance(r[key], dict):
+            raise CannotCompare(f"cannot compare: {where} is malformed: {key} is {type(r[key]).__name__}, "
+                                "expected an object")
 
     need("device.name", (str,))
     need("runner.runner", (str,))
@@ -163,7 +202,11 @@ def _validate(r: dict[str, Any], where: str) -> None:
         value = need(key, _NUMBER, root=it)
         if not value > 0:
             raise CannotCompare(f"cannot compare: {where} is malformed: iterations[{index}].{key} is {value}")
-    need("latency.block_medians", (list,), root=it)
+    medians = need("latency.block_medians", (list,), root=it)
+    if not all(isinstance(m, _NUMBER) and not isinstance(m, bool) for m in medians):
+        raise CannotCompare(f"cannot compare: {where} is malformed: latency.block_medians must be numbers")
+    if it["latency"].get("spread") is not None:
+        need("latency.spread", _NUMBER, root=it)
     need("final.macs", _NUMBER)
     need("final.accuracy", _NUMBER, nullable=True)
     need("final.memory.weights_bytes", _NUMBER, nullable=True)
@@ -176,7 +219,7 @@ def identity(r: dict[str, Any]) -> dict[str, str]:
     runner = r.get("runner") or {}
     providers = ", ".join(runner.get("providers") or [])
     threads = runner.get("threads")
-    runtime = runner.get("runner", "?") + (f" ({providers})" if providers else "") + (
+    runtime = str(runner.get("runner", "?")) + (f" ({providers})" if providers else "") + (
         f", {threads} thread{'s' if threads != 1 else ''}" if threads else ", default threads")
     if isinstance(runner.get("remote"), dict):  # measured on another machine over SSH: that machine counts
         runtime += f", on {runner['remote'].get('target')}"
@@ -241,9 +284,14 @@ def _remeasure(new: LoadedReport, base: LoadedReport, options: CheckOptions,
     why = runner.available()
     if why:
         raise CannotCompare(f"cannot compare: --remeasure cannot run here: {why}")
-    out = remeasure_latency(runner, paths[0], paths[1], options.thresholds["latency_p50"], options.warmup,
-                            options.iters, options.blocks)
-    out["runner"] = runner.describe()
+    try:
+        out = remeasure_latency(runner, paths[0], paths[1], options.thresholds["latency_p50"], options.warmup,
+                                options.iters, options.blocks)
+        out["runner"] = runner.describe()
+    except Exception as exc:  # e.g. onnxruntime's InvalidProtobuf on a corrupt model.onnx: nothing was timed
+        message = (exc.message if isinstance(exc, EdgepruneError) else f"{type(exc).__name__}: {exc}")
+        raise CannotCompare(f"cannot compare: --remeasure could not load and time {paths[0]} against {paths[1]} "
+                            f"({message.splitlines()[0][:300] if message else 'no message'})") from exc
     return out
 
 

@@ -38,12 +38,19 @@ def check(ctx: click.Context, new: str, baseline: str, config_file: str | None, 
     Exit codes: 0 pass, 1 regression, 2 cannot compare (missing or malformed report, another schema_version,
     another device / runtime / precision / batch size / input shape).
     """
+    from ..errors import EdgepruneError
     from ..check import (CannotCompare, CheckOptions, cannot_compare_result, run_check, step_summary_path,
                          write_outputs)
 
     options = CheckOptions.from_sources(config_file, **flags)
     try:
-        result = run_check(new, baseline, options)
+        try:
+            result = run_check(new, baseline, options)
+        except (CannotCompare, KeyboardInterrupt):
+            raise
+        except Exception as exc:  # exit 1 means "regression" to CI: a failure to compare is exit 2, one line
+            text = (exc.message if isinstance(exc, EdgepruneError) else f"{type(exc).__name__}: {exc}").splitlines()
+            raise CannotCompare(f"cannot compare: {(text or ['no message'])[0][:300]}") from exc
     except CannotCompare as exc:
         # CI still gets its files, saying why nothing was compared; the group prints the one line, exit 2.
         result = cannot_compare_result(new, baseline, exc.message)

@@ -13,9 +13,15 @@ def report(out_dir: str, quiet: bool) -> None:
     manifest.json gets the new hashes of the files written, so the directory still verifies; files that already
     differed from the manifest are listed, not re-hashed.
     """
+    from ..errors import ConfigError, EdgepruneError
     from ..report.html import write_reports
 
-    written = write_reports(out_dir)
+    try:
+        written = write_reports(out_dir)
+    except EdgepruneError:
+        raise
+    except Exception as exc:  # whatever else the files hold: one line and exit 2, never a traceback
+        raise ConfigError(f"cannot render {out_dir}: {type(exc).__name__}: {str(exc)[:200]}") from exc
     for w in written.warnings:
         click.echo(f"edgeprune: warning: {w}", err=True)
     if not quiet:

@@ -18,8 +18,9 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError
-from ..files import MANIFEST, file_hashes, verify_manifest, write_json
+from ..files import MANIFEST, file_hashes, write_json
 from . import plots
+from .manifest import UnsafeArtifact, inside, modified_files
 from .markdown import count_text, num_text, pct_text, render_report, verdict_text
 
 log = logging.getLogger(__name__)
@@ -43,17 +44,17 @@ def write_reports(out_dir: str | Path) -> Written:
     try:
         md = render_report(report)
         page = render_html(report)
-    except (KeyError, TypeError, IndexError, ValueError) as exc:
+    except (KeyError, TypeError, IndexError, ValueError, AttributeError, RecursionError) as exc:
         raise ConfigError(f"{out / 'report.json'} is malformed ({type(exc).__name__}: {exc}): cannot render it") \
             from None
-    has_manifest = (out / MANIFEST).is_file()
-    modified_before: list[str] = []
+    try:
+        modified = modified_files(out)  # refuses names that lead outside `out` before reading any
+    except UnsafeArtifact as exc:
+        raise ConfigError(exc.message) from None
+    has_manifest = modified is not None
+    modified_before = [f for f in modified or [] if f not in REPORT_FILES]
     warnings: list[str] = []
     if has_manifest:
-        try:
-            modified_before = [f for f in verify_manifest(out) if f not in REPORT_FILES]
-        except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as exc:
-            raise ConfigError(f"{out / MANIFEST} is malformed ({exc}): fix or remove it") from None
         if modified_before:
             warnings.append("these files already differed from manifest.json and were left so: "
                             + ", ".join(modified_before))
@@ -73,9 +74,13 @@ def load_build_report(out: Path) -> dict[str, Any]:
     if not path.is_file():
         raise ConfigError(f"{out} has no report.json: give the output directory of `edgeprune build`")
     try:
-        report = json.loads(path.read_text())
+        report = json.loads(inside(out, "report.json").read_text(encoding="utf-8"))
+    except UnsafeArtifact as exc:
+        raise ConfigError(exc.message) from None
     except json.JSONDecodeError as exc:
         raise ConfigError(f"{path} is not valid JSON (line {exc.lineno}: {exc.msg})") from None
+    except (OSError, UnicodeDecodeError, RecursionError) as exc:
+        raise ConfigError(f"{path} cannot be read ({type(exc).__name__}: {str(exc)[:200]})") from None
     if not isinstance(report, dict) or not isinstance(report.get("iterations"), list) or not report["iterations"]:
         raise ConfigError(f"{path} is malformed: it has no iterations")
     return report
