@@ -5,8 +5,9 @@ import dataclasses
 import pytest
 
 from edgeprune.errors import ConfigError
+from edgeprune.backends import measurable_here
 from edgeprune.targets.devices import (DEVICES_DIR, HostInfo, detect_host, list_devices, load_device_file,
-                                         measurable_here, read_jetson_model, resolve_device)
+                                       read_jetson_model, resolve_device)
 
 EXPECTED = {"cpu", "x86-cuda", "jetson-orin-nano", "jetson-orin-nx", "jetson-agx-orin", "jetson-xavier-nx"}
 JETSONS = sorted(d for d in EXPECTED if d.startswith("jetson-"))

@@ -198,9 +198,10 @@ def test_trtexec_runner_end_to_end(needs_trtexec, tiny_model, tmp_path):
 
 
 @pytest.mark.parametrize("name", ["tensorrt", "trtexec", "torch-cuda"])
-def test_the_loops_runner_options_do_not_break_gpu_runners(name):
-    # the loop builds every runner with threads= and seed=; runners that take neither must still construct
-    from edgeprune.backends import get_runner
+def test_every_gpu_runner_takes_what_it_needs_from_the_builds_context(name, tmp_path):
+    from edgeprune.backends import RunContext, get_runner
 
-    runner = get_runner(name, require_available=False, threads=1, seed=0)
+    context = RunContext(threads=1, seed=0, precision="fp16", workdir=tmp_path)
+    runner = get_runner(name, context=context, require_available=False)
     assert runner.name == name
+    assert (runner.fp16 if name == "torch-cuda" else runner.options.precision == "fp16") is True

@@ -16,6 +16,7 @@ import torch
 from edgeprune.config import BuildConfig
 from edgeprune.targets.devices import resolve_device
 from edgeprune.backends import get_runner
+from edgeprune.errors import ConfigError
 from edgeprune.backends.onnxrt.runner import OnnxRuntimeRunner
 from edgeprune.backends.torch_cuda.runner import TorchCudaRunner
 from edgeprune.backends.jetson.telemetry import MonitoredRunner
@@ -39,6 +40,8 @@ def prepared():
 class TorchCudaOnCpu(OnnxRuntimeRunner):
     """Named torch-cuda: it loads the module exactly as the torch-cuda runner does (its CPU side), and runs the
     ONNX on the CPU for the parity check."""
+
+    beside_onnx = TorchCudaRunner.beside_onnx
 
     def __init__(self):
         super().__init__()
@@ -73,10 +76,9 @@ def test_exports_for_other_runners_write_no_model_pt(prepared, tmp_path):
 @pytest.mark.parametrize("device", ["jetson-orin-nano", "x86-cuda"])
 def test_tensorrt_runners_get_the_device_precision_and_a_timing_cache_for_the_whole_build(device, tmp_path):
     spec = resolve_device(device)
-    options = stages.runner_options(BuildConfig(device=device), None, spec, tmp_path)
-    assert options["options"].timing_cache == str(tmp_path / "tensorrt.timing-cache")
+    context = stages.run_context(BuildConfig(device=device), None, spec, tmp_path)
     for name in ("tensorrt", "trtexec"):  # both take them; the loop builds them with get_runner
-        built = get_runner(name, require_available=False, **options)
+        built = get_runner(name, context=context, require_available=False)
         assert built.options.timing_cache == str(tmp_path / "tensorrt.timing-cache")
         assert built.options.precision == spec.default_precision == "fp16"
         assert built.parity_tolerance() == (5e-2, 5e-2)
@@ -86,30 +88,35 @@ def test_torch_cuda_device_runs_in_its_default_precision(tmp_path):
     from dataclasses import replace
 
     spec = replace(resolve_device("x86-cuda"), runner="torch-cuda")
-    options = stages.runner_options(BuildConfig(device="x86-cuda"), None, spec, tmp_path)
-    assert get_runner("torch-cuda", require_available=False, **options).fp16 is True
+    context = stages.run_context(BuildConfig(device="x86-cuda"), None, spec, tmp_path)
+    assert get_runner("torch-cuda", context=context, require_available=False).fp16 is True
 
 
-def test_cpu_runner_options_are_threads_and_seed(tmp_path):
-    spec = resolve_device("cpu")
-    assert stages.runner_options(BuildConfig(seed=3), 1, spec, tmp_path) == {"threads": 1, "seed": 3}
+def test_the_cpu_runner_takes_threads_and_seed_from_the_build(tmp_path):
+    context = stages.run_context(BuildConfig(seed=3), 1, resolve_device("cpu"), tmp_path)
+    runner = get_runner("onnxruntime", context=context)
+    assert (runner.threads, runner.seed) == (1, 3)
 
 
-def test_the_shipped_engine_and_its_sidecar_go_to_the_output(tmp_path):
-    from edgeprune.pipeline.loop import _Build
+def test_get_runner_refuses_an_option_the_runner_does_not_take():
+    with pytest.raises(ConfigError, match="runner tensorrt takes no option threads"):
+        get_runner("tensorrt", require_available=False, threads=1)
+    with pytest.raises(ConfigError, match="takes no option thread:"):
+        get_runner("onnxruntime", thread=1)  # a misspelt option is an error, not silently the default
 
-    work, out = tmp_path / "work", tmp_path / "out"
-    work.mkdir()
-    out.mkdir()
-    engine = work / "model.fp16.engine"
+
+@pytest.mark.parametrize("name", ["tensorrt", "trtexec"])
+def test_the_shipped_engine_and_its_sidecar_go_to_the_output(name, tmp_path):
+    from edgeprune.backends import Deployed, runner_class
+
+    engine = tmp_path / "model.fp16.engine"
     engine.write_bytes(b"serialized engine")
-    (work / "model.fp16.engine.json").write_text('{"precision": "fp16"}')
-    fake = SimpleNamespace(exports={2: SimpleNamespace(deployed=SimpleNamespace(path=engine)),
-                                    0: SimpleNamespace(deployed=SimpleNamespace(path=work / "model.onnx"))})
-    assert _Build._copy_engine(fake, 2, out) == ["model.engine", "model.engine.json"]
-    assert (out / "model.engine").read_bytes() == b"serialized engine"
-    assert json.loads((out / "model.engine.json").read_text()) == {"precision": "fp16"}
-    assert _Build._copy_engine(fake, 0, tmp_path / "none") == []  # ONNX Runtime builds no engine
+    (tmp_path / "model.fp16.engine.json").write_text('{"precision": "fp16"}')
+    shipped = runner_class(name).shipped(Deployed(name, engine, "input", (1, 3, 8, 8)))
+    assert shipped == {"model.engine": engine, "model.engine.json": tmp_path / "model.fp16.engine.json"}
+    onnx = Deployed("onnxruntime", tmp_path / "model.onnx", "input", (1, 3, 8, 8))
+    assert OnnxRuntimeRunner.shipped(onnx) == {}  # ONNX Runtime builds no engine
+    assert runner_class(name).shipped(Deployed(name, tmp_path / "missing.engine", "input", (1,))) == {}
 
 
 def test_on_this_host_the_runner_is_not_monitored_and_says_why(monkeypatch):

@@ -139,7 +139,8 @@ def devices() -> None:
 def profile(device: str, remote: str | None, remote_python: str | None, remote_ssh_options: tuple[str, ...],
             as_json: bool) -> None:
     """Report what this host (or the --remote one) has and whether DEVICE can be measured there."""
-    from ..targets.devices import detect_host, measurable_here, resolve_device
+    from ..backends import measurable_here
+    from ..targets.devices import detect_host, resolve_device
 
     if remote:
         from ..backends.remote.runner import SshSession

@@ -421,7 +421,7 @@ class _Build:
         stages.save_model_pt(out / "model.pt", self.models[final_idx], self.prep.model,
                              self.iterations[final_idx]["widths"])
         artifacts = ["model.onnx", *(["model.onnx.data"] if external.exists() else []), "model.pt",
-                     *self._copy_engine(final_idx, out)]
+                     *self._copy_shipped(final_idx, out)]
         base, fin = self.iterations[0], self.iterations[final_idx]
         confirmation = None
         if final_idx:  # the shipped bytes themselves, timed once more against the baseline
@@ -476,18 +476,13 @@ class _Build:
         return BuildResult(out, report, budget_met, stop_reason,
                            {n: out / n for n in (*artifacts, "report.json", "report.md")})
 
-    def _copy_engine(self, index: int, out: Path) -> list[str]:
-        """The shipped TensorRT engine and its sidecar, when the runner built one (here or on the far side)."""
-        from ..backends.trt.engine import metadata_path
-
-        engine = Path(self.exports[index].deployed.path)
-        if engine.suffix != ".engine" or not engine.is_file():
-            return []
-        shutil.copyfile(engine, out / "model.engine")
-        if metadata_path(engine).is_file():
-            shutil.copyfile(metadata_path(engine), metadata_path(out / "model.engine"))
-            return ["model.engine", metadata_path(out / "model.engine").name]
-        return ["model.engine"]
+    def _copy_shipped(self, index: int, out: Path) -> list[str]:
+        """What the runner ships beside model.onnx (a TensorRT engine and its sidecar), built here or far away."""
+        names = []
+        for name, src in self.prof.runner.shipped(self.exports[index].deployed).items():
+            shutil.copyfile(src, out / name)
+            names.append(name)
+        return names
 
 
 def versions() -> dict[str, str]:

@@ -20,8 +20,8 @@ from ..errors import ParityError, RuntimeUnavailable
 from ..export.onnx import ExportResult, Parity, check_parity, export_onnx
 from ..models import LoadedModel, load_model
 from ..models.zoo import ZOO
-from ..targets.devices import DeviceSpec, HostInfo, detect_host, measurable_here, resolve_device
-from ..backends import BESIDE_ONNX, Deployed, Runner, get_runner
+from ..targets.devices import DeviceSpec, HostInfo, detect_host, resolve_device
+from ..backends import Deployed, RunContext, Runner, get_runner, measurable_here
 from ..backends.jetson.telemetry import JetsonMonitor, MonitoredRunner
 from ..pruning.recover import finetune, recalibrate_bn, train
 
@@ -46,8 +46,8 @@ def profile_stage(config: BuildConfig, work: Path | None = None) -> Profile:
         return _remote_profile(config, work)
     host = detect_host()
     device, threads = _measurable_device(config, host, "here")
-    runner, fallback = choose_runner(device, lambda name: get_runner(
-        name, **runner_options(config, threads, device, work, name)))
+    context = run_context(config, threads, device, work)
+    runner, fallback = choose_runner(device, lambda name: get_runner(name, context=context))
     monitor = JetsonMonitor()
     if monitor.available:  # a Jetson: memory, GPU load, power and clocks recorded around every measurement
         runner = MonitoredRunner(runner, monitor)
@@ -64,6 +64,7 @@ def _measurable_device(config: BuildConfig, host, where: str):
 
 
 def _remote_profile(config: BuildConfig, work: Path | None) -> Profile:
+    from ..backends import runner_class
     from ..backends.remote.runner import RemoteRunner, SshSession
 
     session = SshSession.open(config.remote, python=config.remote_python, remote_dir=config.remote_dir,
@@ -71,8 +72,9 @@ def _remote_profile(config: BuildConfig, work: Path | None) -> Profile:
     try:
         host = session.host
         device, threads = _measurable_device(config, host, f"on {session.target}")
+        context = run_context(config, threads, device, work)
         runner, fallback = choose_runner(device, lambda name: RemoteRunner(
-            session, name, runner_options(config, threads, device, work, name)))
+            session, name, runner_class(name).options_for(context)))
     except BaseException:
         session.close()
         raise
@@ -98,21 +100,10 @@ def choose_runner(device: DeviceSpec, make: Callable[[str], Runner]) -> tuple[Ru
                              + "; ".join(f"{why}" for why in skipped.values()))
 
 
-def runner_options(config: BuildConfig, threads: int | None, device: DeviceSpec, work: Path | None,
-                   runner: str | None = None) -> dict[str, Any]:
-    """What the loop asks of every runner (each takes the options it has a use for): threads and seed; for
-    TensorRT the device's default precision and a timing cache kept for the whole build, so rebuilding an engine
-    for the next attempt skips the kernel timing already done; for torch-cuda fp16 where the device's default."""
-    runner = runner or device.runner
-    options: dict[str, Any] = {"threads": threads, "seed": config.seed}
-    if runner in ("tensorrt", "trtexec"):
-        from ..backends.trt.engine import BuildOptions
-
-        cache = str(Path(work) / "tensorrt.timing-cache") if work is not None else None
-        options["options"] = BuildOptions(precision=device.default_precision, timing_cache=cache)
-    if runner == "torch-cuda":
-        options["fp16"] = device.default_precision == "fp16"
-    return options
+def run_context(config: BuildConfig, threads: int | None, device: DeviceSpec, work: Path | None) -> RunContext:
+    """What the build asks of whichever runner measures it; each runner takes what it has a use for."""
+    return RunContext(threads=threads, seed=config.seed, precision=device.default_precision,
+                      workdir=Path(work) if work is not None else None)
 
 
 @dataclass
@@ -204,7 +195,7 @@ def export_stage(model: nn.Module, prepared: Prepared, batch_size: int, path: Pa
                  parity_samples: int = 64) -> Exported:
     """Export ONNX, prepare it for the runner, and gate on parity with PyTorch on real validation images."""
     result = export_onnx(model, prepared.model.input_shape, batch_size, path)
-    if "model.pt" in BESIDE_ONNX.get(runner.name, ()):  # the torch-cuda runner times the PyTorch module itself
+    if "model.pt" in runner.beside_onnx:  # the torch-cuda runner times the PyTorch module itself
         save_model_pt(path.with_name("model.pt"), model, prepared.model)
     deployed = runner.prepare(path, path.parent)
     x = torch.cat([b for b, _ in prepared.data.loader("val", parity_samples)][:1])[:parity_samples]

@@ -150,28 +150,6 @@ def read_jetson_model(path: Path = JETSON_MODEL_FILE) -> str | None:
     return text if "jetson" in text.lower() or "orin" in text.lower() or "xavier" in text.lower() else None
 
 
-def measurable_here(spec: DeviceSpec, host: HostInfo) -> str | None:
-    """None when `spec` can be measured on this host; else the reason it cannot."""
-    if spec.kind == "jetson":
-        if not host.jetson_model:
-            return f"this host is not a Jetson; measure {spec.name} on one, or over SSH with --remote user@host"
-        if spec.jetson_model and spec.jetson_model.lower() not in host.jetson_model.lower():
-            return f"this host is a {host.jetson_model}, not a {spec.name}"
-    if spec.runner == "onnxruntime":
-        missing = [p for p in spec.providers if p not in host.ort_providers]
-        if host.onnxruntime is None:
-            return "onnxruntime is not installed"
-        if missing:
-            return f"onnxruntime here lacks {', '.join(missing)}"
-        return None
-    if spec.runner in ("tensorrt", "trtexec"):
-        if host.tensorrt or host.trtexec:
-            return None
-        return ("TensorRT is not installed here (no tensorrt Python package, no trtexec): "
-                "install the gpu extra on a CUDA host, or use JetPack's TensorRT on a Jetson")
-    return None
-
-
 def host_channel_multiple(cpuinfo: str | None = None) -> tuple[int, str]:
     """The channel count ONNX Runtime's CPU convolutions (MLAS NCHWc) block by on this host: its SIMD width in
     floats. A width that is not a multiple is padded up, so pruning to it saves MACs but no time: measured here

@@ -34,8 +34,52 @@ class Deployed:
     meta: dict[str, Any] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class RunContext:
+    """What a build asks of whichever runner measures it; each runner takes from it what it has a use for
+    (`Runner.options_for`), so no code outside backends/ needs to know which runner takes which option."""
+
+    threads: int | None = None
+    seed: int = 0
+    precision: str = "fp32"            # the device's default arithmetic
+    workdir: Path | None = None        # kept for the whole build (TensorRT's timing cache lives here)
+
+
 class Runner(abc.ABC):
+    """Lifecycle: use as a context manager, or call close(); `release()` drops in-process sessions between
+    measurements without ending the runner."""
+
     name: str = ""
+    # Files this runner reads beside the ONNX file it is given (the torch-cuda runner times the PyTorch module).
+    beside_onnx: tuple[str, ...] = ()
+
+    @classmethod
+    def options_for(cls, context: RunContext) -> dict[str, Any]:
+        """Constructor options this runner takes from the build's settings."""
+        return {}
+
+    @classmethod
+    def host_support(cls, providers: tuple[str, ...], host: Any) -> str | None:
+        """None when `host` (a targets.HostInfo, here or the far side) has what this runner needs; else why not."""
+        return None
+
+    @classmethod
+    def shipped(cls, deployed: "Deployed") -> dict[str, Path]:
+        """Files to ship beside model.onnx (artifact name -> file), e.g. a TensorRT engine and its sidecar."""
+        return {}
+
+    def release(self) -> None:
+        """Drop in-process sessions (their threads would otherwise compete with timing)."""
+
+    def close(self) -> None:
+        """End the runner (and any session or connection it holds); safe to call twice."""
+        self.release()
+
+    def __enter__(self) -> "Runner":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
 
     @abc.abstractmethod
     def available(self) -> str | None:

@@ -52,6 +52,7 @@ class MonitoredRunner(Runner):
     def __init__(self, inner: Runner, monitor: "JetsonMonitor"):
         self.inner, self.monitor = inner, monitor
         self.name = inner.name
+        self.beside_onnx = inner.beside_onnx
 
     def available(self) -> str | None:
         return self.inner.available()
@@ -79,7 +80,16 @@ class MonitoredRunner(Runner):
     def parity_tolerance(self) -> tuple[float, float]:
         return self.inner.parity_tolerance()
 
-    def __getattr__(self, attr: str) -> Any:  # runner-specific extras (release(), ...)
+    def shipped(self, deployed: Deployed) -> dict[str, Path]:  # type: ignore[override]
+        return self.inner.shipped(deployed)
+
+    def release(self) -> Any:
+        return self.inner.release()
+
+    def close(self) -> None:
+        self.inner.close()
+
+    def __getattr__(self, attr: str) -> Any:  # runner-specific extras
         return getattr(self.inner, attr)
 
 

@@ -13,7 +13,7 @@ import numpy as np
 
 from ...errors import EdgepruneError
 from ..base.stats import LatencyStats, summarize
-from ..base.runner import PARITY_TOLERANCE, Deployed, Runner, run_static_batches
+from ..base.runner import PARITY_TOLERANCE, Deployed, RunContext, Runner, run_static_batches
 from .worker import make_session
 
 log = logging.getLogger(__name__)
@@ -28,6 +28,17 @@ class OnnxRuntimeRunner(Runner):
         self.threads = threads
         self.seed = seed
         self._sessions: dict[Path, Any] = {}
+
+    @classmethod
+    def options_for(cls, context: RunContext) -> dict[str, Any]:
+        return {"threads": context.threads, "seed": context.seed}
+
+    @classmethod
+    def host_support(cls, providers: tuple[str, ...], host: Any) -> str | None:
+        if host.onnxruntime is None:
+            return "onnxruntime is not installed"
+        missing = [p for p in providers if p not in host.ort_providers]
+        return f"onnxruntime here lacks {', '.join(missing)}" if missing else None
 
     def available(self) -> str | None:
         try:
@@ -101,6 +112,16 @@ class OnnxRuntimeRunner(Runner):
             raise EdgepruneError(f"ONNX Runtime measurement failed: {out.get('error')}")
         return out
 
+
+
+class OnnxRuntimeCudaRunner(OnnxRuntimeRunner):
+    """ONNX Runtime on the CUDA provider (onnxruntime-gpu), the CPU provider for what CUDA does not run."""
+
+    name = "onnxruntime-cuda"
+
+    def __init__(self, providers: Sequence[str] = ("CUDAExecutionProvider", "CPUExecutionProvider"),
+                 threads: int | None = None, seed: int = 0):
+        super().__init__(providers, threads, seed)
 
 def onnx_weight_bytes(path: Path) -> int:
     """Bytes of the initializers (weights) in an ONNX file, external data included."""

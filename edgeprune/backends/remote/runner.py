@@ -33,7 +33,6 @@ import numpy as np
 from ... import __version__
 from ...errors import ConfigError, EdgepruneError, ModelLoadError, ParityError, RuntimeUnavailable
 from ..base.stats import LatencyStats
-from .. import BESIDE_ONNX
 from ..base.runner import Deployed, Runner
 from .worker import PROTOCOL
 
@@ -317,8 +316,12 @@ class RemoteRunner(Runner):
 
     def __init__(self, session: SshSession, runner: str, options: dict[str, Any] | None = None,
                  interval_ms: int = 100):
+        from .. import runner_class
+
         self.session = session
         self.name = runner
+        self.inner = runner_class(runner)  # what it needs beside the ONNX and what it ships are the far runner's
+        self.beside_onnx = self.inner.beside_onnx
         self.options = dict(options or {})
         self._local_cache = self._timing_cache_path()
         self._remote_cache = f"{session.workdir}/timing.cache" if self._local_cache else None
@@ -326,6 +329,9 @@ class RemoteRunner(Runner):
             session.push_file(self._local_cache, self._remote_cache)
         started = session.request("start", runner=runner, options=self._far_options(), interval_ms=interval_ms)
         self._describe, self._tolerance = started["describe"], tuple(started["parity_tolerance"])
+
+    def shipped(self, deployed: Deployed) -> dict[str, Path]:  # type: ignore[override]
+        return self.inner.shipped(deployed)
 
     def available(self) -> str | None:
         return None if not self.session.closed else f"the session on {self.session.target} is closed"
@@ -335,7 +341,7 @@ class RemoteRunner(Runner):
 
         onnx_path, workdir = Path(onnx_path), Path(workdir)
         files = [onnx_path, *external_data_files(onnx_path)]
-        files += [onnx_path.with_name(n) for n in BESIDE_ONNX.get(self.name, ()) if onnx_path.with_name(n).exists()]
+        files += [onnx_path.with_name(n) for n in self.beside_onnx if onnx_path.with_name(n).exists()]
         far_dir = self.session.request("mkdir", name=onnx_path.parent.name)["path"]
         self.session.push(files, far_dir)
         far = {f"{far_dir}/{f.name}": f for f in files}

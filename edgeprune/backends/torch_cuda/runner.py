@@ -17,13 +17,18 @@ import numpy as np
 
 from ...errors import EdgepruneError, ModelLoadError, RuntimeUnavailable
 from ..base.stats import LatencyStats, summarize
-from ..base.runner import PARITY_TOLERANCE, Deployed, Runner, run_static_batches
+from ..base.runner import PARITY_TOLERANCE, Deployed, RunContext, Runner, run_static_batches
 
 log = logging.getLogger(__name__)
 
 
 class TorchCudaRunner(Runner):
     name = "torch-cuda"
+    beside_onnx = ("model.pt",)  # it times the PyTorch module itself
+
+    @classmethod
+    def options_for(cls, context: RunContext) -> dict[str, Any]:
+        return {"fp16": context.precision == "fp16"}
 
     def __init__(self, module=None, fp16: bool = False, cuda_graph: bool = False, device: int = 0,
                  input_shape: Sequence[int] | None = None):

@@ -278,6 +278,24 @@ class EngineMetadata:
         return cls(**known)
 
 
+def engine_artifacts(engine: Path) -> dict[str, Path]:
+    """What ships of a built engine: model.engine and its sidecar, under their artifact names."""
+    if engine.suffix != ".engine" or not engine.is_file():
+        return {}
+    out = {"model.engine": engine}
+    if metadata_path(engine).is_file():
+        out[metadata_path(Path("model.engine")).name] = metadata_path(engine)
+    return out
+
+
+def tensorrt_host_support(host: Any) -> str | None:
+    """Whether `host` (targets.HostInfo) has TensorRT in either form the runners use."""
+    if host.tensorrt or host.trtexec:
+        return None
+    return ("TensorRT is not installed here (no tensorrt Python package, no trtexec): "
+            "install the gpu extra on a CUDA host, or use JetPack's TensorRT on a Jetson")
+
+
 def metadata_path(engine_path: Path) -> Path:
     engine_path = Path(engine_path)
     return engine_path.with_name(engine_path.name + METADATA_SUFFIX)

@@ -14,6 +14,7 @@ from typing import Any, Iterable
 import numpy as np
 
 from ...errors import EdgepruneError
+from .base import TensorRTArtifacts
 from .engine import (MIN_SUPPORTED, BuildOptions, EngineMetadata, build_engine, cuda_device_identity,
                                    import_tensorrt, inspect_onnx, parse_trt_version, rebuild_reason,
                                    tensorrt_logger, version_str)
@@ -24,7 +25,7 @@ from ..torch_cuda.runner import interleave_blocks, numpy_to_torch_dtype
 log = logging.getLogger(__name__)
 
 
-class TensorRTRunner(Runner):
+class TensorRTRunner(TensorRTArtifacts):
     name = "tensorrt"
 
     def __init__(self, options: BuildOptions | None = None, precision: str | None = None, cuda_graph: bool = False,

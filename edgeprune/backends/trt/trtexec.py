@@ -27,6 +27,7 @@ from typing import Any, Collection, Sequence
 import numpy as np
 
 from ...errors import EdgepruneError, RuntimeUnavailable
+from .base import TensorRTArtifacts
 from .engine import (BuildOptions, BuildPlan, EngineMetadata, OnnxInfo, cuda_device_identity,
                                    inspect_onnx, parse_trt_version, plan_build, rebuild_reason, version_str,
                                    write_metadata)
@@ -61,7 +62,7 @@ class TrtexecCommand:
     plan: BuildPlan | None = None
 
 
-class TrtexecRunner(Runner):
+class TrtexecRunner(TensorRTArtifacts):
     name = "trtexec"
 
     def __init__(self, options: BuildOptions | None = None, precision: str | None = None, cuda_graph: bool = False,

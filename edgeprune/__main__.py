@@ -1,0 +1,4 @@
+"""`python -m edgeprune ...` (and `torchrun ... -m edgeprune build ...`) is the `edgeprune` command."""
+from .cli import main
+
+main()
