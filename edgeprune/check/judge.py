@@ -153,8 +153,8 @@ def _verify_manifest(directory: Path, where: str) -> None:
     except UnsafeArtifact as exc:
         raise CannotCompare(f"cannot compare: {where}: {exc.message}") from None
     if modified:
-        raise CannotCompare(f"cannot compare: {where}: {', '.join(modified)} in {directory} no longer match "
-                            f"{directory / 'manifest.json'} (sha256): the artifact changed after the build")
+        raise CannotCompare(f"cannot compare: {where}: changed since the build, the sha256 in "
+                            f"{directory / 'manifest.json'} no longer matches: {', '.join(modified)}")
 
 
 _NUMBER = (int, float)
