@@ -14,7 +14,7 @@ import pytest
 from edgeprune.errors import RuntimeUnavailable
 from edgeprune.backends.trt.engine import read_metadata
 from edgeprune.backends import RUNNERS, get_runner
-from edgeprune.backends.trt import trtexec as trtexec_module
+from edgeprune.backends.trt import trtexec_cli as trtexec_module
 from edgeprune.backends.trt.runner import TensorRTRunner
 from edgeprune.backends.torch_cuda.runner import TorchCudaRunner
 from edgeprune.backends.trt.trtexec import TrtexecRunner

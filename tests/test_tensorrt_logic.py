@@ -16,16 +16,18 @@ import pytest
 from onnx import TensorProto, helper
 
 from edgeprune.errors import ConfigError, EdgepruneError, RuntimeUnavailable
-from edgeprune.backends.trt.engine import (BuildOptions, EngineMetadata, OnnxInfo, build_engine,
-                                          check_engine_compatible, import_tensorrt, inspect_onnx, metadata_path,
-                                          parse_trt_version, plan_build, profile_shapes, read_metadata, rechunk,
-                                          stale_reason, write_metadata)
-from edgeprune.backends.torch_cuda.runner import interleave_blocks
-from edgeprune.backends.trt.trtexec import (TrtexecRunner, parse_export_times, parse_help_flags,
-                                                 parse_trtexec_device, parse_trtexec_settings,
-                                                 parse_trtexec_summary, parse_trtexec_version,
-                                                 runtime_setting_flags, trtexec_command, trtexec_stats,
-                                                 verify_settings)
+from edgeprune.backends.base.schedule import interleave_blocks
+from edgeprune.backends.trt.api import import_tensorrt
+from edgeprune.backends.trt.engine import build_engine
+from edgeprune.backends.trt.onnx_info import OnnxInfo, inspect_onnx, rechunk
+from edgeprune.backends.trt.plan import BuildOptions, parse_trt_version, plan_build, profile_shapes
+from edgeprune.backends.trt.sidecar import (EngineMetadata, check_engine_compatible, metadata_path, read_metadata,
+                                            stale_reason, write_metadata)
+from edgeprune.backends.trt.trtexec import TrtexecRunner
+from edgeprune.backends.trt.trtexec_cli import runtime_setting_flags, trtexec_command, verify_settings
+from edgeprune.backends.trt.trtexec_output import (parse_export_times, parse_help_flags, parse_trtexec_device,
+                                                   parse_trtexec_settings, parse_trtexec_summary,
+                                                   parse_trtexec_version)
 
 TRT86, TRT85, TRT10, TRT1012, TRT11 = (8, 6, 2), (8, 5, 2), (10, 3, 0), (10, 12, 0), (11, 0, 0)
 
@@ -451,6 +453,11 @@ def test_parse_summary_joins_wrapped_lines_and_odd_percentiles():
         median = 0.881592 ms, percentile(90%) = 0.883606 ms,
         percentile(99.9%) = 0.885010 ms
         [I] GPU Compute Time: min = 0.8 ms, max = 0.9 ms, mean = 0.85 ms, median = 0.84 ms, percentile(50%) = 0.84 ms
+        [I] Enqueue Time: min = 0.1 ms, max = 0.2 ms, mean = 0.15 ms, median = 0.14 ms
+        [I] H2D Latency: min = 0 ms, max = 0 ms, mean = 0 ms, median = 0 ms
+        [I] D2H Latency: min = 0 ms, max = 0 ms, mean = 0 ms, median = 0 ms
+        [I] Total Host Walltime: 3.01 s
+        [I] Total GPU Compute Time: 2.9 s
         """)
     s = parse_trtexec_summary(text)
     assert s["latency"]["median"] == pytest.approx(0.881592)
@@ -523,15 +530,6 @@ def test_parse_export_times_old_key_names_and_derived_intervals():
         parse_export_times([_record(1.0, 1.0)], skip_before_ms=200)
     with pytest.raises(EdgepruneError, match="not a JSON list"):
         parse_export_times('{"latencyMs": 1}')
-
-
-def test_trtexec_stats_blocks():
-    blocks = [[_record(200.0 + i, 1.0 + b) for i in range(5)] for b in range(3)]
-    stats = trtexec_stats(blocks, warmup=7, metric="computeMs", batch_size=4)
-    assert stats.n == 15 and stats.blocks == 3 and stats.warmup == 7
-    assert stats.block_medians == pytest.approx((1.0, 2.0, 3.0))
-    assert stats.p50 == pytest.approx(2.0) and stats.min == pytest.approx(1.0)
-    assert stats.runtime == "trtexec" and stats.batch_size == 4
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -609,6 +607,7 @@ def _fake_tensorrt(version: str, *, parse_ok=True, build_ok=True, dla_cores=0, c
 
         def add_optimization_profile(self, profile):
             rec["profile"] = profile.shapes
+            return 0
 
         def create_timing_cache(self, blob):
             return Cache(bytes(blob))
@@ -631,6 +630,8 @@ def _fake_tensorrt(version: str, *, parse_ok=True, build_ok=True, dla_cores=0, c
             self.shapes = (name, lo, opt, hi)
 
     class Network:
+        num_inputs = 1
+
         def __init__(self, flags):
             rec["network_flags"] = flags
 

@@ -1,7 +1,7 @@
 """Timing and memory measurement for ONNX Runtime, run in a fresh process.
 
 A separate process keeps the timed session away from PyTorch's threads and gives a clean peak-memory reading.
-It imports only numpy and onnxruntime. Request (JSON on stdin) -> result (JSON on stdout):
+It imports only numpy, onnxruntime and the standard-library timing schedule (base/schedule.py). Request (JSON on stdin) -> result (JSON on stdout):
   {"mode": "time", "models": [path, ...], "providers": [...], "threads": 1, "warmup": 50, "iters": 200,
    "blocks": 6, "min_block_s": 0.0, "seed": 0}
   -> {"times_ms": [[[block of run times] per block] per model], "versions": {...}}
@@ -13,6 +13,8 @@ from __future__ import annotations
 import json
 import sys
 import time
+
+from ..base.schedule import interleave_blocks
 
 
 def make_session(path: str, providers: list[str], threads: int | None):
@@ -45,22 +47,18 @@ def _feed(sess, seed: int):
 def time_models(req: dict) -> dict:
     sessions = [make_session(p, req["providers"], req.get("threads")) for p in req["models"]]
     feeds = [_feed(s, req.get("seed", 0)) for s in sessions]
-    for s, f in zip(sessions, feeds):
-        for _ in range(int(req["warmup"])):
-            s.run(None, f)
-    times = [[] for _ in sessions]
-    n = len(sessions)
-    for b in range(int(req["blocks"])):
-        order = [(b + k) % n for k in range(n)]  # rotate who goes first so position effects cancel
-        for i in order:
-            s, f, block = sessions[i], feeds[i], []
-            start_block = time.perf_counter()
-            while len(block) < int(req["iters"]) or time.perf_counter() - start_block < float(req.get("min_block_s", 0)):
-                t0 = time.perf_counter_ns()
-                s.run(None, f)
-                block.append((time.perf_counter_ns() - t0) / 1e6)
-            times[i].append(block)
+    times = interleave_blocks([_timer(s, f) for s, f in zip(sessions, feeds)], int(req["warmup"]),
+                              int(req["iters"]), int(req["blocks"]), float(req.get("min_block_s", 0)))
     return {"times_ms": times, "versions": _versions(), "threads": req.get("threads")}
+
+
+def _timer(sess, feed):
+    """One run of `sess` on `feed`, in milliseconds of wall time."""
+    def run() -> float:
+        t0 = time.perf_counter_ns()
+        sess.run(None, feed)
+        return (time.perf_counter_ns() - t0) / 1e6
+    return run
 
 
 def memory_of_model(req: dict) -> dict:

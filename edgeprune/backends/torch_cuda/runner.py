@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import copy
 import logging
-import time
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
 from ...errors import EdgepruneError, ModelLoadError, RuntimeUnavailable
+from ..base.schedule import interleave_blocks
 from ..base.stats import LatencyStats, summarize
 from ..base.runner import PARITY_TOLERANCE, Deployed, RunContext, Runner, run_static_batches
 
@@ -128,7 +128,7 @@ class TorchCudaRunner(Runner):
         if self.input_shape:
             return self.input_shape
         if onnx_path.exists() and onnx_path.suffix == ".onnx":
-            from ..trt.engine import inspect_onnx
+            from ..trt.onnx_info import inspect_onnx
 
             shape = inspect_onnx(onnx_path).input_shape
             return tuple(d if d > 0 else 1 for d in shape)
@@ -214,41 +214,6 @@ class _TorchSession:
             log.warning("CUDA graph capture failed (%s); timing plain forward passes instead", exc)
 
 
-def interleave_blocks(timers: Sequence[Callable[[], float]], warmup: int, iters: int, blocks: int,
-                      min_block_s: float = 0.0) -> list[list[list[float]]]:
-    """Time several artifacts in interleaved blocks; per artifact, a list of blocks of per-run milliseconds.
-
-    Each timer runs `warmup` times first. Block b runs every artifact back to back, rotating who goes first so
-    position effects (clock ramps, cache state) cancel, the same schedule as the ONNX Runtime worker. A block
-    keeps running past `iters` until it has lasted `min_block_s`.
-    """
-    if iters < 1 or blocks < 1:
-        raise ValueError("iters and blocks must be at least 1")
-    for timer in timers:
-        for _ in range(warmup):
-            timer()
-    n = len(timers)
-    times: list[list[list[float]]] = [[] for _ in timers]
-    for b in range(blocks):
-        for i in [(b + k) % n for k in range(n)]:
-            block: list[float] = []
-            started = time.perf_counter()
-            while len(block) < iters or time.perf_counter() - started < min_block_s:
-                block.append(float(timers[i]()))
-            times[i].append(block)
-    return times
-
-
-def numpy_to_torch_dtype(dtype: np.dtype):
-    """The torch dtype with the same layout as a numpy dtype (TensorRT reports I/O types as numpy types)."""
-    import torch
-
-    dtype = np.dtype(dtype)
-    if dtype == np.bool_:
-        return torch.bool
-    return torch.from_numpy(np.empty(0, dtype=dtype)).dtype
-
-
 def _first_tensor(out):
     if isinstance(out, (tuple, list)):
         return _first_tensor(out[0])
@@ -257,4 +222,4 @@ def _first_tensor(out):
     return out
 
 
-__all__ = ["TorchCudaRunner", "interleave_blocks", "numpy_to_torch_dtype"]
+__all__ = ["TorchCudaRunner"]

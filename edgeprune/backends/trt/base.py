@@ -6,7 +6,8 @@ from pathlib import Path
 from typing import Any
 
 from ..base.runner import Deployed, RunContext, Runner
-from .engine import BuildOptions, engine_artifacts, tensorrt_host_support
+from .plan import BuildOptions
+from .sidecar import engine_artifacts
 
 
 class TensorRTArtifacts(Runner):
@@ -24,3 +25,11 @@ class TensorRTArtifacts(Runner):
     @classmethod
     def shipped(cls, deployed: Deployed) -> dict[str, Path]:
         return engine_artifacts(Path(deployed.path))
+
+
+def tensorrt_host_support(host: Any) -> str | None:
+    """Whether `host` (targets.HostInfo) has TensorRT in either form the runners use."""
+    if host.tensorrt or host.trtexec:
+        return None
+    return ("TensorRT is not installed here (no tensorrt Python package, no trtexec): "
+            "install the gpu extra on a CUDA host, or use JetPack's TensorRT on a Jetson")

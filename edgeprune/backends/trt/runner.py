@@ -14,13 +14,16 @@ from typing import Any, Iterable
 import numpy as np
 
 from ...errors import EdgepruneError
-from .base import TensorRTArtifacts
-from .engine import (MIN_SUPPORTED, BuildOptions, EngineMetadata, build_engine, cuda_device_identity,
-                                   import_tensorrt, inspect_onnx, parse_trt_version, rebuild_reason,
-                                   tensorrt_logger, version_str)
+from ..base.runner import Deployed, gpu_parity_tolerance, run_static_batches
+from ..base.schedule import interleave_blocks
 from ..base.stats import LatencyStats, summarize
-from ..base.runner import Deployed, Runner, gpu_parity_tolerance, run_static_batches
-from ..torch_cuda.runner import interleave_blocks, numpy_to_torch_dtype
+from .api import (create, create_execution_context, cuda_device_identity, import_tensorrt, io_dtype, last_error,
+                  set_input_shape, set_tensor_address, tensorrt_logger)
+from .base import TensorRTArtifacts
+from .engine import build_engine
+from .onnx_info import inspect_onnx
+from .plan import MIN_SUPPORTED, BuildOptions, parse_trt_version, version_str
+from .sidecar import EngineMetadata, rebuild_reason
 
 log = logging.getLogger(__name__)
 
@@ -155,36 +158,22 @@ class _EngineSession:
         import torch
 
         self.torch = torch
-        self.runtime = trt.Runtime(tensorrt_logger(trt))
+        self.trt_logger = tensorrt_logger(trt)
+        self.runtime = create(self.trt_logger, trt.Runtime, "Runtime")
         self.engine = self.runtime.deserialize_cuda_engine(Path(engine_path).read_bytes())
         if self.engine is None:
-            raise EdgepruneError(f"TensorRT {trt.__version__} cannot load {engine_path}: it was built by another "
-                                 "TensorRT version or for another GPU; rebuild the engine on this device")
-        self.context = self.engine.create_execution_context()
+            raise EdgepruneError(f"TensorRT {trt.__version__} cannot load {engine_path} (truncated, or built by "
+                                 "another TensorRT version or for another GPU; rebuild the engine on this device): "
+                                 f"{last_error(self.trt_logger, 'no details logged')}")
+        self.context = create_execution_context(self.engine, self.trt_logger, str(engine_path))
         self.stream = torch.cuda.Stream(device=device)
-        engine = self.engine
-        names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
-        inputs = [n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
-        outputs = [n for n in names if n not in inputs]
-        if not inputs or not outputs:
-            raise EdgepruneError(f"{engine_path} has {len(inputs)} inputs and {len(outputs)} outputs; expected both")
-        self.input_name, self.output_name = inputs[0], outputs[0]
-        for name in inputs:
-            shape = tuple(engine.get_tensor_shape(name))
-            if any(d < 0 for d in shape):
-                # A dynamic batch runs at the profile's opt shape: the one the kernels were tuned for.
-                shape = tuple(engine.get_tensor_profile_shape(name, 0)[1])
-                self.context.set_input_shape(name, shape)
-        self.input_shape = tuple(self.context.get_tensor_shape(self.input_name))
-        self.buffers = {}
-        for name in names:
-            dtype = numpy_to_torch_dtype(np.dtype(trt.nptype(engine.get_tensor_dtype(name))))
-            buf = torch.zeros(tuple(self.context.get_tensor_shape(name)), dtype=dtype, device=f"cuda:{device}")
-            self.buffers[name] = buf
-            self.context.set_tensor_address(name, buf.data_ptr())
-        # Engines from TensorRT < 8.5 lack execute_async_v3; the binding list serves execute_v2 there.
-        self._v3 = hasattr(self.context, "execute_async_v3")
-        self._bindings = [self.buffers[n].data_ptr() for n in names]
+
+        def allocate(shape, dtype_name):
+            return torch.zeros(shape, dtype=getattr(torch, dtype_name), device=f"cuda:{device}")
+
+        self.input_name, self.output_name, self.buffers = bind_io(trt, self.engine, self.context, allocate,
+                                                                  self.trt_logger, str(engine_path))
+        self.input_shape = tuple(self.buffers[self.input_name].shape)
         # The buffers were zeroed on PyTorch's default stream; TensorRT works on self.stream.
         torch.cuda.synchronize(device)
         self.graph = None
@@ -219,11 +208,9 @@ class _EngineSession:
             self._enqueue()
 
     def _enqueue(self) -> None:
-        if self._v3:
-            if not self.context.execute_async_v3(self.stream.cuda_stream):
-                raise EdgepruneError("TensorRT execute_async_v3 failed (see the TensorRT log above)")
-        elif not self.context.execute_v2(self._bindings):
-            raise EdgepruneError("TensorRT execute_v2 failed (see the TensorRT log above)")
+        # execute_async_v3 exists from 8.5 on, the oldest TensorRT edgeprune accepts (plan.MIN_SUPPORTED).
+        if not self.context.execute_async_v3(self.stream.cuda_stream):
+            raise EdgepruneError(f"TensorRT execute_async_v3 failed: {last_error(self.trt_logger)}")
 
     def _capture(self) -> None:
         """Capture one enqueue into a CUDA graph; fall back to plain enqueues when the engine is not capturable."""
@@ -243,4 +230,32 @@ class _EngineSession:
             log.warning("CUDA graph capture failed (%s); timing plain enqueues instead", exc)
 
 
-__all__ = ["TensorRTRunner"]
+def bind_io(trt, engine, context, allocate, trt_logger, where: str):
+    """(input name, output name, {name: buffer}): every I/O tensor of `engine` given a buffer from
+    `allocate(shape, torch dtype name)` and bound to `context` by name, each TensorRT status checked.
+
+    A dynamic batch runs at the optimization profile's opt shape: the one the kernels were tuned for.
+    """
+    names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
+    inputs = [n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
+    outputs = [n for n in names if n not in inputs]
+    if not inputs or not outputs:
+        raise EdgepruneError(f"{where} has {len(inputs)} inputs and {len(outputs)} outputs; expected both")
+    dtypes = {n: io_dtype(engine.get_tensor_dtype(n)) for n in names}  # refuse an unusable type before binding
+    for name in inputs:
+        shape = tuple(engine.get_tensor_shape(name))
+        if any(d < 0 for d in shape):
+            shape = tuple(engine.get_tensor_profile_shape(name, 0)[1])
+            set_input_shape(context, name, shape, trt_logger)
+    buffers = {}
+    for name in names:
+        shape = tuple(int(d) for d in context.get_tensor_shape(name))
+        if any(d < 0 for d in shape):
+            raise EdgepruneError(f"{where}: output {name!r} has shape {shape} even with every input shape set "
+                                 "(a data-dependent shape edgeprune cannot preallocate)")
+        buffers[name] = allocate(shape, dtypes[name])
+        set_tensor_address(context, name, buffers[name].data_ptr(), trt_logger)
+    return inputs[0], outputs[0], buffers
+
+
+__all__ = ["TensorRTRunner", "bind_io"]
