@@ -560,7 +560,10 @@ def test_interleave_blocks_honours_min_block_seconds():
 # ---------------------------------------------------------------------------------------------------------
 # build_engine against a stand-in tensorrt module that has only the documented API of each version
 # ---------------------------------------------------------------------------------------------------------
-def _fake_tensorrt(version: str, *, parse_ok=True, build_ok=True, dla_cores=0, cache_ok=True):
+def _fake_tensorrt(version: str, *, parse_ok=True, build_ok=True, dla_cores=0, cache_ok=True, cuda=None,
+                   profile_index=0):
+    """`cuda`: None (a GPU), "nullptr" (8.x/10.x without one: Builder() raises), "log" (11.x without one: Builder()
+    logs the CUDA failure and returns an object whose next use would crash the process)."""
     major = int(version.split(".")[0])
     rec: dict = {"flags": [], "pools": [], "parsed": None}
     trt = types.ModuleType("tensorrt")
@@ -607,7 +610,7 @@ def _fake_tensorrt(version: str, *, parse_ok=True, build_ok=True, dla_cores=0, c
 
         def add_optimization_profile(self, profile):
             rec["profile"] = profile.shapes
-            return 0
+            return profile_index
 
         def create_timing_cache(self, blob):
             return Cache(bytes(blob))
@@ -638,8 +641,21 @@ def _fake_tensorrt(version: str, *, parse_ok=True, build_ok=True, dla_cores=0, c
         def get_input(self, i):
             return types.SimpleNamespace(name="input", shape=(-1, 3, 8, 8))
 
+    class Crashing:
+        def __getattr__(self, name):
+            raise AssertionError(f"used {name} on a Builder made without CUDA: the real one would crash here")
+
     class Builder:
         num_DLA_cores = dla_cores
+
+        def __new__(cls, logger):
+            if cuda == "nullptr":
+                raise TypeError("pybind11::init(): factory function returned nullptr")
+            if cuda == "log":
+                logger.log(Severity.ERROR, "CUDA initialization failure with error: 35. Please check your CUDA "
+                                           "installation: http://docs.nvidia.com/cuda/cuda-installation-guide-linux")
+                return Crashing()
+            return super().__new__(cls)
 
         def __init__(self, logger):
             self.logger = logger
@@ -881,6 +897,8 @@ def test_trtexec_runner_builds_reuses_and_measures(fake_trtexec, tmp_path):
     assert stats.extra["cuda_graph"] is False and stats.extra["data_transfers"] is False
     assert stats.extra["flags"] == ["--useSpinWait", "--noDataTransfers"]
     assert stats.extra["trtexec_summary"]["latency"]["median"] == pytest.approx(0.51)
+    # The stand-in prints only two summary lines: kept, and said to be incomplete rather than passed off as whole.
+    assert "no Enqueue Time" in stats.extra["trtexec_summary"]["incomplete"][0]
     timed = [c for c in calls() if any(a.startswith("--exportTimes") for a in c)]
     assert len(timed) == 3 and all({"--duration=0", "--iterations=7", "--warmUp=100"} <= set(c) for c in timed)
 
@@ -911,3 +929,25 @@ def test_trtexec_runner_build_failure_is_one_clear_line(fake_trtexec, tmp_path, 
         TrtexecRunner(executable=str(script)).prepare(_tiny_onnx(tmp_path / "model.onnx"), tmp_path / "work")
     assert "exit 1" in err.value.message and "unsupported layer /conv1/Conv" in err.value.message
     assert not list((tmp_path / "work").glob("*.json"))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# TensorRT errors surfaced by build_engine (issue 15 item 2)
+# ---------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("version,cuda", [("8.6.2", "nullptr"), ("10.3.0", "nullptr"), ("11.0.0", "log")])
+def test_build_engine_without_a_gpu_is_one_line_before_any_crash(monkeypatch, tmp_path, version, cuda):
+    trt = _fake_tensorrt(version, cuda=cuda)
+    monkeypatch.setitem(sys.modules, "tensorrt", trt)
+    with pytest.raises(RuntimeUnavailable) as err:
+        build_engine(_tiny_onnx(tmp_path / "m.onnx"), tmp_path / "m.engine", BuildOptions())
+    msg = err.value.message
+    assert msg.startswith("TensorRT found no usable CUDA device: ") and "\n" not in msg
+    assert ("factory function returned nullptr" if cuda == "nullptr" else "CUDA initialization failure") in msg
+    assert not (tmp_path / "m.engine").exists()
+
+
+def test_build_engine_refused_profile_is_an_error(monkeypatch, tmp_path):
+    monkeypatch.setitem(sys.modules, "tensorrt", _fake_tensorrt("10.3.0", profile_index=-1))
+    with pytest.raises(EdgepruneError, match=r"refused the optimization profile for input \(1, 3, 8, 8\)"):
+        build_engine(_tiny_onnx(tmp_path / "m.onnx"), tmp_path / "m.engine",
+                     BuildOptions(min_batch=1, opt_batch=2, max_batch=4))
