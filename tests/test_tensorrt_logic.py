@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import stat
+import subprocess
 import sys
 import textwrap
 import types
@@ -16,7 +17,7 @@ import pytest
 from onnx import TensorProto, helper
 
 from edgeprune.errors import ConfigError, EdgepruneError, RuntimeUnavailable
-from edgeprune.backends.base.schedule import interleave_blocks
+from edgeprune.backends.base.schedule import block_order, interleave, interleave_blocks
 from edgeprune.backends.trt.api import import_tensorrt
 from edgeprune.backends.trt.engine import build_engine
 from edgeprune.backends.trt.onnx_info import OnnxInfo, inspect_onnx, rechunk
@@ -555,6 +556,29 @@ def test_interleave_blocks_rotates_and_warms_up():
 def test_interleave_blocks_honours_min_block_seconds():
     times = interleave_blocks([lambda: 0.1], warmup=0, iters=1, blocks=1, min_block_s=0.02)
     assert len(times[0][0]) > 1
+
+
+def test_interleave_rotates_whole_blocks_as_trtexec_runs_them():
+    calls = []
+
+    def block(name):
+        def run():
+            calls.append(name)
+            return [float(len(calls))]
+        return run
+
+    times = interleave([block("a"), block("b"), block("c")], blocks=3)
+    assert calls == ["a", "b", "c", "b", "c", "a", "c", "a", "b"]
+    assert times == [[[1.0], [6.0], [8.0]], [[2.0], [4.0], [9.0]], [[3.0], [5.0], [7.0]]]
+    assert block_order(4, 3) == [1, 2, 0]
+
+
+def test_the_schedule_imports_nothing_heavy():
+    """The ONNX Runtime worker runs it in a process that must not import torch."""
+    code = ("import sys, edgeprune.backends.base.schedule, edgeprune.backends.onnxrt.worker; "
+            "print(sorted(m for m in ('torch', 'tensorrt', 'onnx') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
 
 
 # ---------------------------------------------------------------------------------------------------------
