@@ -2,6 +2,7 @@
 directory, key-only login as the current user, torn down by the fixture that started it."""
 from __future__ import annotations
 
+import contextlib
 import getpass
 import os
 import shutil
@@ -85,9 +86,9 @@ def start_sshd(directory: Path) -> Sshd:
 
 def stop_sshd(sshd: Sshd) -> None:
     sshd.proc.terminate()
-    try:
+    with contextlib.suppress(subprocess.TimeoutExpired):
         sshd.proc.wait(timeout=10)
-    except subprocess.TimeoutExpired:
+    if sshd.proc.poll() is None:  # did not stop on SIGTERM in 10 s
         sshd.proc.kill()
         sshd.proc.wait()
 

@@ -18,8 +18,9 @@ import torch
 
 from edgeprune.config import BuildConfig
 from edgeprune.errors import BudgetNotMet, ConfigError, RuntimeUnavailable
-from edgeprune.backends.remote.runner import (RemoteRunner, SshSession, SshTarget, check_ssh_options,
-                                                parse_target, remote_path_arg, ssh_failure, worker_failure)
+from edgeprune.backends.remote.runner import RemoteRunner
+from edgeprune.backends.remote.session import SshSession, ssh_failure, worker_failure
+from edgeprune.backends.remote.target import SshTarget, check_ssh_options, parse_target, remote_path_arg
 
 from conftest import TINY_SHAPE
 from sshd import free_port, is_running, start_sshd, stop_sshd, why_no_sshd
@@ -267,7 +268,16 @@ def test_the_timing_cache_goes_there_and_comes_back(own_session, tiny_onnx, tmp_
     _, onnx_path = tiny_onnx
     cache = tmp_path / "tensorrt.timing-cache"
     cache.write_bytes(b"timing cache v1")
+    request, started = s.request, {}
+
+    def start_without_options(op, **fields):  # onnxruntime stands in for TensorRT, the runner that takes them
+        if op == "start":
+            started.update(fields["options"].pop("options"))
+        return request(op, **fields)
+
+    s.request = start_without_options
     runner = RemoteRunner(s, "onnxruntime", {"options": BuildOptions(timing_cache=str(cache))})
+    assert started["timing_cache"] == f"{s.workdir}/timing.cache"  # the far runner is told the far copy
     far = Path(s.workdir) / "timing.cache"
     assert far.read_bytes() == b"timing cache v1"
     far.write_bytes(b"timing cache v2, after a build there")
@@ -406,5 +416,5 @@ def test_check_tells_a_remote_measurement_from_a_local_one(tmp_path, tiny_onnx):
 def test_a_copy_that_fails_is_one_clear_line(session, tiny_onnx):
     _, onnx_path = tiny_onnx
     with pytest.raises(RuntimeUnavailable, match=f"^copying {onnx_path.name} to {session.target} failed "
-                                                 r"\(.*No such file or directory.*\): .*run again$"):
+                                                 r"\(.*(No such file or directory|nonexistent).*\): .*run again$"):
         session.push([onnx_path], "/nonexistent/edgeprune/dir")

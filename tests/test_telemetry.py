@@ -11,11 +11,12 @@ from pathlib import Path
 
 import pytest
 
-from edgeprune.backends.jetson import telemetry
-from edgeprune.backends.jetson.telemetry import (JetsonMonitor, JtopSampler, MonitoredRunner, TegrastatsSampler,
-                                           clocks_verdict, parse_jetson_clocks, parse_nvpmodel,
-                                           parse_tegrastats_line, read_clocks_sysfs, read_jetson_state,
-                                           sample_from_jtop, summarize_samples)
+from edgeprune.backends.jetson import samplers
+from edgeprune.backends.jetson.parsers import (clocks_verdict, parse_jetson_clocks, parse_nvpmodel,
+                                               parse_tegrastats_line, summarize_samples)
+from edgeprune.backends.jetson.samplers import JtopSampler, TegrastatsSampler, sample_from_jtop
+from edgeprune.backends.jetson.state import read_clocks_sysfs, read_jetson_state
+from edgeprune.backends.jetson.telemetry import JetsonMonitor, MonitoredRunner
 
 # Orin Nano, JetPack 6 (L4T 36): timestamp first, GR3D with one GPC frequency, VDD_IN / VDD_CPU_GPU_CV / VDD_SOC
 ORIN_NANO_JP6 = ("03-14-2025 10:21:07 RAM 2871/7620MB (lfb 31x4MB) SWAP 0/3810MB (cached 0MB) "
@@ -278,7 +279,7 @@ def fake_jetson(tmp_path, monkeypatch):
     clocks.write_text(ORIN_CLOCKS_UNLOCKED)
     _tool(bindir, "jetson_clocks", f'[ "$1" = --show ] && cat "{clocks}"\n')
     monkeypatch.setenv("PATH", f"{bindir}{os.pathsep}{os.environ['PATH']}")
-    monkeypatch.setattr(telemetry, "_jtop_module", lambda: None)
+    monkeypatch.setattr(samplers, "jtop_module", lambda: None)
     return clocks
 
 
@@ -319,7 +320,7 @@ def test_monitor_warns_once_and_reports_unlocked_clocks(fake_jetson, caplog):
             return "released"
 
     runner = MonitoredRunner(Sleepy(), JetsonMonitor(interval_ms=50))
-    with caplog.at_level(logging.WARNING, logger="edgeprune.backends.jetson.telemetry"):
+    with caplog.at_level(logging.WARNING, logger="edgeprune.backends.jetson"):
         assert runner.measure_interleaved([1, 2], 0, 1, 1) == ["stats", "stats"]
         assert runner.measure(1, 0, 1) == "stats"
     assert runner.name == "sleepy" and runner.release() == "released"
@@ -355,8 +356,8 @@ def test_state_falls_back_to_sysfs_when_jetson_clocks_gives_nothing(fake_jetson,
 
 def test_on_a_host_without_jetson_tools_telemetry_is_unavailable_and_harmless(tmp_path, monkeypatch):
     monkeypatch.setenv("PATH", str(tmp_path))
-    monkeypatch.setattr(telemetry, "TEGRASTATS_PATHS", ())
-    monkeypatch.setattr(telemetry, "_jtop_module", lambda: None)
+    monkeypatch.setattr(samplers, "TEGRASTATS_PATHS", ())
+    monkeypatch.setattr(samplers, "jtop_module", lambda: None)
     monitor = JetsonMonitor()
     with monitor.window():
         pass

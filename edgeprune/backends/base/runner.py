@@ -115,11 +115,10 @@ class Runner(abc.ABC):
         return PARITY_TOLERANCE["fp32"]
 
     def telemetry(self) -> dict[str, Any]:
-        """Device telemetry (Jetson memory, GPU load, power, clocks) recorded while this runner measured."""
-        from ..jetson.telemetry import unavailable_reason
-
-        return {"available": False, "reason": unavailable_reason() or
-                f"not recorded: runner {self.name} measured without a telemetry monitor"}
+        """Device telemetry (Jetson memory, GPU load, power, clocks) recorded while this runner measured; a runner
+        measures without any unless wrapped in a monitor (jetson.telemetry.MonitoredRunner), which says why not."""
+        return {"available": False, "reason": f"not recorded: runner {self.name} measured without a telemetry "
+                                              "monitor"}
 
 
 def run_static_batches(run_one, batch: np.ndarray, static_batch: int) -> np.ndarray:
