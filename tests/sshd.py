@@ -12,6 +12,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import pytest
+
 SSHD = Path("/usr/sbin/sshd")
 PRIVSEP_DIR = Path("/run/sshd")
 
@@ -32,6 +34,17 @@ class Sshd:
     def ssh_options(self) -> tuple[str, ...]:
         return (f"IdentityFile={self.client_key}", "IdentitiesOnly=yes", "StrictHostKeyChecking=no",
                 "UserKnownHostsFile=/dev/null", "LogLevel=ERROR")
+
+
+@pytest.fixture(scope="module")
+def sshd(tmp_path_factory):
+    """A server for the module's tests, or a skip that says why there is none."""
+    why = why_no_sshd()
+    if why:
+        pytest.skip(f"no OpenSSH server to test --remote against: {why}")
+    server = start_sshd(tmp_path_factory.mktemp("sshd"))
+    yield server
+    stop_sshd(server)
 
 
 def why_no_sshd() -> str | None:

@@ -23,7 +23,7 @@ from edgeprune.backends.remote.session import SshSession, ssh_failure, worker_fa
 from edgeprune.backends.remote.target import SshTarget, check_ssh_options, parse_target, remote_path_arg
 
 from conftest import TINY_SHAPE
-from sshd import free_port, is_running, start_sshd, stop_sshd, why_no_sshd
+from sshd import free_port, is_running, sshd  # noqa: F401  (sshd: the fixture)
 
 VENV_PYTHON = sys.executable  # the far side runs this checkout's edgeprune
 
@@ -93,16 +93,6 @@ def test_config_takes_remote_settings_from_yaml(tmp_path):
 
 
 # -- against a real sshd -----------------------------------------------------------------------------------
-
-@pytest.fixture(scope="module")
-def sshd(tmp_path_factory):
-    why = why_no_sshd()
-    if why:
-        pytest.skip(f"no OpenSSH server to test --remote against: {why}")
-    server = start_sshd(tmp_path_factory.mktemp("sshd"))
-    yield server
-    stop_sshd(server)
-
 
 @pytest.fixture(scope="module")
 def session(sshd):

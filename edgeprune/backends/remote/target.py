@@ -14,13 +14,13 @@ from ...errors import ConfigError
 # The ssh_config options a measurement session has a use for: who and where to connect, which key and host keys to
 # trust, and how long to wait. None of them runs a command, forwards anything or changes what runs on either side.
 ALLOWED_SSH_OPTIONS = (
-    "User", "Port", "HostName", "HostKeyAlias", "AddressFamily", "BindAddress", "BindInterface",
-    "IdentityFile", "IdentitiesOnly", "CertificateFile", "IdentityAgent", "PreferredAuthentications",
-    "PubkeyAuthentication", "PubkeyAcceptedAlgorithms", "PubkeyAcceptedKeyTypes", "HostKeyAlgorithms",
-    "StrictHostKeyChecking", "UserKnownHostsFile", "GlobalKnownHostsFile", "CheckHostIP", "VerifyHostKeyDNS",
-    "UpdateHostKeys", "HashKnownHosts", "ConnectTimeout", "ConnectionAttempts", "ServerAliveInterval",
-    "ServerAliveCountMax", "TCPKeepAlive", "Compression", "Ciphers", "MACs", "KexAlgorithms", "RekeyLimit",
-    "IPQoS", "LogLevel", "ProxyJump",
+    "IdentityFile", "Port", "User", "StrictHostKeyChecking", "UserKnownHostsFile", "ConnectTimeout",
+    "ServerAliveInterval", "ServerAliveCountMax", "IdentitiesOnly", "HostName", "HostKeyAlias", "ProxyJump",
+    "LogLevel", "CertificateFile", "IdentityAgent", "PreferredAuthentications", "PubkeyAuthentication",
+    "PubkeyAcceptedAlgorithms", "PubkeyAcceptedKeyTypes", "HostKeyAlgorithms", "GlobalKnownHostsFile",
+    "CheckHostIP", "VerifyHostKeyDNS", "UpdateHostKeys", "HashKnownHosts", "ConnectionAttempts", "TCPKeepAlive",
+    "Compression", "Ciphers", "MACs", "KexAlgorithms", "RekeyLimit", "IPQoS", "AddressFamily", "BindAddress",
+    "BindInterface",
 )
 # The options edgeprune itself must set for the session to work; a user value would break it.
 RESERVED_SSH_OPTIONS = ("BatchMode", "ControlMaster", "ControlPath", "ControlPersist")
