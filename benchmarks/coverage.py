@@ -236,7 +236,7 @@ def write(args, results: list[dict], quiet: bool = False) -> None:
             mac = f"{s['median_macs_reduction']:.2f}x" if s["median_macs_reduction"] else "-"
             print(f"{f:16s} {s['models']:6d} {s['passed']:5d} {med:>16s} {mn:>6s} {mac:>7s}")
     from edgeprune.targets.devices import _cpu_model as cpu_model
-    from edgeprune.pipeline.loop import versions
+    from edgeprune.pipeline.artifacts import versions
 
     args.out.parent.mkdir(parents=True, exist_ok=True)
     doc = {"benchmark": "coverage", "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),

@@ -12,7 +12,6 @@ import yaml
 from .errors import ConfigError
 
 PERCENTILES = ("p50", "p90", "p99", "mean")
-POLICIES = ("auto", "latency-sensitive", "accuracy-critical", "memory-constrained")
 MEMORY_METRICS = ("weights", "peak")
 DEFAULT_LATENCY_BUDGET = "0.5x"
 DEFAULT_MAX_ACCURACY_DROP = 0.5
@@ -86,8 +85,7 @@ class BuildConfig:
     extra: dict[str, Any] = field(default_factory=dict, compare=False)
 
     def __post_init__(self) -> None:
-        from .pruning.allocation import ALLOCATIONS
-        from .pruning.importance import CRITERIA
+        from .registry import ALLOCATIONS, CRITERIA
 
         self._resolve_policy()
         if self.latency_budget is not None:
@@ -142,8 +140,10 @@ class BuildConfig:
 
     def _resolve_policy(self) -> None:
         """Fill in what the policy implies, and refuse a policy without the budget it needs."""
-        if self.policy not in POLICIES:
-            raise ConfigError(f"policy {self.policy!r} is unknown: use one of {', '.join(POLICIES)}")
+        from .registry import POLICIES
+
+        if self.policy != "auto" and self.policy not in POLICIES:
+            raise ConfigError(f"policy {self.policy!r} is unknown: use one of auto, {', '.join(POLICIES)}")
         for name in ("max_accuracy_drop", "memory_budget_mb"):
             value = getattr(self, name)
             if value is None:

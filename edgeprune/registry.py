@@ -70,3 +70,23 @@ POLICIES: Registry[Any] = Registry("policy")
 CRITERIA: Registry[Any] = Registry("criterion")
 ALLOCATIONS: Registry[Any] = Registry("allocation")
 RUNNERS: Registry[Any] = Registry("runner")
+
+
+def choice(registry: Registry[Any], *extra: str):
+    """A click.Choice over a registry's names, read when the CLI parses or prints help, not when it is imported
+    (listing criteria and allocations imports torch, which `edgeprune devices` need not pay for)."""
+    import click
+
+    class _RegistryChoice(click.Choice):
+        def __init__(self) -> None:
+            super().__init__([])
+
+        @property
+        def choices(self):  # type: ignore[override]
+            return [*extra, *registry.names()]
+
+        @choices.setter
+        def choices(self, value) -> None:
+            pass
+
+    return _RegistryChoice()

@@ -33,12 +33,6 @@ def as_json(result) -> dict:
 
 # -- verdicts on stored reports ----------------------------------------------------------------------------------
 
-def test_schema_version_matches_the_builder():
-    from edgeprune.pipeline.loop import SCHEMA_VERSION
-
-    assert chk.SCHEMA_VERSION == SCHEMA_VERSION
-
-
 def test_identical_reports_pass(tmp_path):
     new, base = pair(tmp_path, make_report(), make_report())
     res = run(new, base)

@@ -22,7 +22,7 @@ def _kept(result, name):
     return result.widths_after[name]
 
 
-@pytest.mark.parametrize("criterion", CRITERIA)
+@pytest.mark.parametrize("criterion", list(CRITERIA))
 def test_every_criterion_prunes_a_working_model(resnet20_base, criterion):
     res = prune_model(resnet20_base, EXAMPLE, 0.5, 4, criterion, batches=_batches())
     out = res.model(torch.randn(2, *RESNET_SHAPE))

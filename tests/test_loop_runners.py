@@ -119,12 +119,12 @@ def test_the_shipped_engine_and_its_sidecar_go_to_the_output(name, tmp_path):
     assert runner_class(name).shipped(Deployed(name, tmp_path / "missing.engine", "input", (1,))) == {}
 
 
-def test_on_this_host_the_runner_is_not_monitored_and_says_why(monkeypatch):
+def test_on_this_host_the_monitor_records_nothing_and_says_why(monkeypatch):
     from edgeprune.backends.jetson import telemetry
 
     monkeypatch.setattr(telemetry, "unavailable_reason", lambda: "not a Jetson: test")
     prof = stages.profile_stage(BuildConfig())
-    assert not isinstance(prof.runner, MonitoredRunner)
+    assert isinstance(prof.runner, MonitoredRunner) and not prof.runner.monitor.available
     assert prof.runner.telemetry() == {"available": False, "reason": "not a Jetson: test"}
 
 

@@ -263,7 +263,7 @@ def test_latency_allocation_build_times_each_group_on_the_runtime(fast):
 
 @pytest.mark.parametrize("scale", [0.25, 1.0, 2.5])
 def test_scaled_ratio_is_monotonic_and_reaches_deep_for_any_scale(scale):
-    from edgeprune.pipeline.loop import DEEPEST_RATIO
+    from edgeprune.pruning.prune import DEEPEST_RATIO
     from edgeprune.pruning.allocation import scaled_ratio
 
     rs = [scaled_ratio(r, scale) for r in (0.0, 0.3, 0.6, 0.9, 0.97)]
@@ -274,7 +274,7 @@ def test_scaled_ratio_is_monotonic_and_reaches_deep_for_any_scale(scale):
 
 
 def test_scaled_allocations_reach_every_groups_narrowest_width_at_the_deepest_step(resnet20_base):
-    from edgeprune.pipeline.loop import DEEPEST_RATIO
+    from edgeprune.pruning.prune import DEEPEST_RATIO
 
     full = prunable_widths(resnet20_base, EXAMPLE)
     a = Allocator(resnet20_base, EXAMPLE, 8, "latency",
@@ -286,7 +286,7 @@ def test_scaled_allocations_reach_every_groups_narrowest_width_at_the_deepest_st
 def test_global_allocation_reaches_every_groups_narrowest_width_at_the_deepest_step(resnet20_base):
     # ranked by a quantile, a group whose scores are spread keeps its strongest channels past where the others
     # have reached their narrowest; the deepest step must still be every group at its narrowest
-    from edgeprune.pipeline.loop import DEEPEST_RATIO
+    from edgeprune.pruning.prune import DEEPEST_RATIO
 
     full = prunable_widths(resnet20_base, EXAMPLE)
     a = Allocator(resnet20_base, EXAMPLE, 8, "global")

@@ -225,7 +225,7 @@ def test_macs_decrease_monotonically(base, multiple):
     assert macs[1] > 0.75 * macs[0]
 
 
-@pytest.mark.parametrize("criterion", CRITERIA)
+@pytest.mark.parametrize("criterion", list(CRITERIA))
 def test_every_criterion_prunes(base, criterion):
     batches = [(torch.randn(4, *SHAPE), torch.randint(0, 10, (4,)))]
     res = prune_model(base, EXAMPLE, 0.5, 4, criterion=criterion, batches=batches)

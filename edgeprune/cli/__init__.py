@@ -10,6 +10,7 @@ import click
 
 from .. import __version__
 from ..errors import EdgepruneError
+from ..registry import ALLOCATIONS, CRITERIA, POLICIES, choice
 
 log = logging.getLogger("edgeprune")
 
@@ -24,6 +25,12 @@ class _Group(click.Group):
             if ctx.obj and ctx.obj.get("debug"):
                 raise
             click.echo(f"edgeprune: error: {exc.message}", err=True)
+            ctx.exit(exc.exit_code)
+        except click.UsageError as exc:  # a bad option of a command: one line too, with where to read more
+            if ctx.obj and ctx.obj.get("debug"):
+                raise
+            where = f" (see `{exc.ctx.command_path} --help`)" if exc.ctx is not None else ""
+            click.echo(f"edgeprune: error: {exc.format_message()}{where}", err=True)
             ctx.exit(exc.exit_code)
         except KeyboardInterrupt:
             click.echo("edgeprune: interrupted; nothing was written to the output directory", err=True)
@@ -57,7 +64,7 @@ def _remote_options(f):
 @click.option("--input-shape", help="C,H,W of one input, e.g. 3,224,224.")
 @click.option("--data", help="digits | imagefolder:PATH  [default: digits]")
 @click.option("--device", help="A device from `edgeprune devices`, 'jetson', or a device YAML.  [default: cpu]")
-@click.option("--policy", type=click.Choice(["auto", "latency-sensitive", "accuracy-critical", "memory-constrained"]),
+@click.option("--policy", type=choice(POLICIES, "auto"),
               help="What to optimise; auto picks from the budgets given (none: latency-sensitive at 0.5x).  [default: auto]")
 @click.option("--max-accuracy-drop", type=float, help="Accuracy tolerance in points against the unpruned artifact (accuracy-critical default 0.5).")
 @click.option("--memory-budget-mb", type=float, help="Memory budget of the deployed artifact in MB.")
@@ -67,8 +74,8 @@ def _remote_options(f):
 @click.option("--percentile", type=click.Choice(["p50", "p90", "p99", "mean"]), help="Statistic the budget applies to.  [default: p50]")
 @click.option("--batch-size", type=int, help="Batch size of the deployed artifact.  [default: 1]")
 @click.option("--threads", type=int, help="Runtime threads (CPU).  [default: the device's]")
-@click.option("--criterion", help="Filter importance: l1 | l2 | bn-scale | activation | taylor | random.  [default: l1]")
-@click.option("--allocation", type=click.Choice(["uniform", "global", "sensitivity", "latency"]), help="Per-layer pruning allocation.  [default: uniform]")
+@click.option("--criterion", type=choice(CRITERIA), help="Filter importance (how a channel is ranked).  [default: l1]")
+@click.option("--allocation", type=choice(ALLOCATIONS), help="Per-layer pruning allocation.  [default: uniform]")
 @click.option("--channel-multiple", type=int, help="Round kept widths to this multiple.  [default: the device's]")
 @click.option("--distill/--no-distill", default=None, help="Distil from the unpruned model while fine-tuning.  [default: no]")
 @click.option("--bn-recalibration/--no-bn-recalibration", default=None, help="Recalibrate BatchNorm statistics after pruning.  [default: yes]")

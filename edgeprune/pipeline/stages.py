@@ -48,9 +48,9 @@ def profile_stage(config: BuildConfig, work: Path | None = None) -> Profile:
     device, threads = _measurable_device(config, host, "here")
     context = run_context(config, threads, device, work)
     runner, fallback = choose_runner(device, lambda name: get_runner(name, context=context))
-    monitor = JetsonMonitor()
-    if monitor.available:  # a Jetson: memory, GPU load, power and clocks recorded around every measurement
-        runner = MonitoredRunner(runner, monitor)
+    # On a Jetson, memory, GPU load, power and clocks are recorded around every measurement; elsewhere the
+    # monitor does nothing and the report says why there is no telemetry.
+    runner = MonitoredRunner(runner, JetsonMonitor())
     return Profile(device, host, runner, threads, fallback)
 
 

@@ -21,12 +21,10 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError
+from ..registry import ALLOCATIONS
 from .prune import DEEPEST_RATIO, group_width, prunable_groups, prune_model, root_groups
 
 log = logging.getLogger(__name__)
-
-ALLOCATIONS = ("uniform", "global", "sensitivity", "latency")
-
 
 class Allocator:
     def __init__(self, model: nn.Module, example: torch.Tensor, multiple: int, allocation: str = "uniform",
@@ -34,8 +32,7 @@ class Allocator:
                  evaluate: Callable[[nn.Module], float] | None = None,
                  recalibrate: Callable[[nn.Module], None] | None = None,
                  measure: Callable[[dict[str, int]], float] | None = None):
-        if allocation not in ALLOCATIONS:
-            raise ConfigError(f"unknown allocation {allocation!r}: use one of {', '.join(ALLOCATIONS)}")
+        prepare = ALLOCATIONS.get(allocation)  # refuses an unknown name, listing the known ones
         self.allocation, self.multiple = allocation, multiple
         groups = prunable_groups(model, example)
         self.full = {name: channels for name, (channels, _) in groups.items()}
@@ -44,28 +41,13 @@ class Allocator:
         self.sensitivity: dict[str, float] = {}
         self.latency_saving: dict[str, float] = {}
         self.scores: dict[str, np.ndarray] = {}
-        if allocation == "global":
-            self.scores = group_scores(model, example, criterion, batches)
-        elif allocation == "sensitivity":
-            if evaluate is None:
-                raise ConfigError("sensitivity allocation needs labeled data to measure accuracy: give --data")
-            self.sensitivity = measure_sensitivity(model, example, multiple, criterion, batches, evaluate, recalibrate,
-                                                   self.full, self.slices)
-            drops = np.array([max(self.sensitivity[n], 0.0) for n in self.full])
-            weights = 1.0 / (drops + max(0.5, 0.1 * drops.max()))  # smoothed: a zero drop is not infinitely safe
-            weights = weights / weights.mean()
-            self.scales = {n: float(w) for n, w in zip(self.full, weights)}
-        elif allocation == "latency":
-            if measure is None:
-                raise ConfigError("latency allocation needs a runtime to time the model on: use a device whose "
-                                  "runner can run here (edgeprune devices)")
-            self.latency_saving = measure_latency_saving(self.full, multiple, measure, self.slices)
-            self.scales = latency_scales(self.full, multiple, self.latency_saving, slices=self.slices)
+        prepare(self, model=model, example=example, criterion=criterion, batches=batches, evaluate=evaluate,
+                recalibrate=recalibrate, measure=measure)
 
     def widths(self, ratio: float) -> dict[str, int]:
         if ratio >= DEEPEST_RATIO:  # the deepest step is every group at its narrowest, whatever the allocation
             return {n: self._width(n, DEEPEST_RATIO) for n in self.full}
-        if self.allocation == "global":
+        if self.scores:  # global: one threshold over the scores of every group
             return self._global(ratio)
         return {n: self._width(n, scaled_ratio(ratio, self.scales[n])) for n in self.full}
 
@@ -87,6 +69,39 @@ class Allocator:
     def describe(self) -> dict:
         return {"allocation": self.allocation, "channel_multiple": self.multiple, "scales": self.scales,
                 "sensitivity": self.sensitivity or None, "latency_saving": self.latency_saving or None}
+
+
+# Each allocation registered once by name: what it measures up front, on the Allocator it prepares.
+@ALLOCATIONS.register("uniform")
+def _uniform(alloc: Allocator, **_: object) -> None:
+    """Every group loses the same fraction: nothing to measure."""
+
+
+@ALLOCATIONS.register("global")
+def _global_scores(alloc: Allocator, *, model, example, criterion, batches, **_: object) -> None:
+    alloc.scores = group_scores(model, example, criterion, batches)
+
+
+@ALLOCATIONS.register("sensitivity")
+def _sensitivity(alloc: Allocator, *, model, example, criterion, batches, evaluate, recalibrate,
+                 **_: object) -> None:
+    if evaluate is None:
+        raise ConfigError("sensitivity allocation needs labeled data to measure accuracy: give --data")
+    alloc.sensitivity = measure_sensitivity(model, example, alloc.multiple, criterion, batches, evaluate,
+                                            recalibrate, alloc.full, alloc.slices)
+    drops = np.array([max(alloc.sensitivity[n], 0.0) for n in alloc.full])
+    weights = 1.0 / (drops + max(0.5, 0.1 * drops.max()))  # smoothed: a zero drop is not infinitely safe
+    weights = weights / weights.mean()
+    alloc.scales = {n: float(w) for n, w in zip(alloc.full, weights)}
+
+
+@ALLOCATIONS.register("latency")
+def _latency(alloc: Allocator, *, measure, **_: object) -> None:
+    if measure is None:
+        raise ConfigError("latency allocation needs a runtime to time the model on: use a device whose "
+                          "runner can run here (edgeprune devices)")
+    alloc.latency_saving = measure_latency_saving(alloc.full, alloc.multiple, measure, alloc.slices)
+    alloc.scales = latency_scales(alloc.full, alloc.multiple, alloc.latency_saving, slices=alloc.slices)
 
 
 def group_scores(model: nn.Module, example: torch.Tensor, criterion: str,

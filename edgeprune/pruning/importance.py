@@ -11,26 +11,25 @@ from typing import Callable, Sequence
 import torch
 from torch import nn
 
-from ..errors import ConfigError
+from ..registry import CRITERIA
 
-CRITERIA = ("l1", "l2", "bn-scale", "activation", "taylor", "random")
-DATA_CRITERIA = ("activation", "taylor")
+# Each criterion registered once by name (edgeprune.registry); the CLI and the config validate against it.
+CRITERIA.register("l1")(lambda: _tp().importance.MagnitudeImportance(p=1, group_reduction="mean", normalizer=None))
+CRITERIA.register("l2")(lambda: _tp().importance.MagnitudeImportance(p=2, group_reduction="mean", normalizer=None))
+CRITERIA.register("bn-scale")(lambda: _tp().importance.BNScaleImportance(group_reduction="mean", normalizer=None))
+CRITERIA.register("activation")(lambda: _activation_class()())
+CRITERIA.register("taylor")(lambda: _taylor_class()())
+CRITERIA.register("random")(lambda: _tp().importance.RandomImportance())
 
 
 def make_importance(name: str) -> Callable:
+    return CRITERIA.get(name)()
+
+
+def _tp():
     import torch_pruning as tp
 
-    factories: dict[str, Callable[[], Callable]] = {
-        "l1": lambda: tp.importance.MagnitudeImportance(p=1, group_reduction="mean", normalizer=None),
-        "l2": lambda: tp.importance.MagnitudeImportance(p=2, group_reduction="mean", normalizer=None),
-        "bn-scale": lambda: tp.importance.BNScaleImportance(group_reduction="mean", normalizer=None),
-        "random": lambda: tp.importance.RandomImportance(),
-        "activation": lambda: _activation_class()(),
-        "taylor": lambda: _taylor_class()(),
-    }
-    if name not in factories:
-        raise ConfigError(f"unknown criterion {name!r}: use one of {', '.join(CRITERIA)}")
-    return factories[name]()
+    return tp
 
 
 def _activation_class():
