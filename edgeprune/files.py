@@ -69,7 +69,7 @@ def write_json(path: Path, obj: Any) -> None:
     path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     with os.fdopen(fd, "w") as fh:
-        json.dump(obj, fh, indent=2, sort_keys=False, default=_default)
+        json.dump(obj, fh, indent=2, sort_keys=False, default=json_default)
         fh.write("\n")
     os.chmod(tmp, 0o666 & ~_umask())
     os.replace(tmp, path)
@@ -92,7 +92,7 @@ def _umask() -> int:
     return mask
 
 
-def _default(obj: Any) -> Any:
+def json_default(obj: Any) -> Any:
     if isinstance(obj, Path):
         return str(obj)
     if hasattr(obj, "to_dict"):

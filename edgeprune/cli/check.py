@@ -1,11 +1,11 @@
 """`edgeprune check NEW BASELINE`: a regression gate for CI (logic in edgeprune/check/)."""
 from __future__ import annotations
 
-import json
-import sys
 from typing import Any
 
 import click
+
+from .main import print_json
 
 
 @click.command()
@@ -56,11 +56,11 @@ def check(ctx: click.Context, new: str, baseline: str, config_file: str | None, 
         result = cannot_compare_result(new, baseline, exc.message)
         write_outputs(result, junit, markdown, step_summary_path())
         if as_json:
-            _print_json(result)
+            print_json(result)
         raise
     write_outputs(result, junit, markdown, step_summary_path())
     if as_json:
-        _print_json(result)
+        print_json(result)
     else:
         print_table(result)
     ctx.exit(result["exit_code"])
@@ -91,7 +91,3 @@ def print_table(result: dict[str, Any]) -> None:
         console.print(f"[yellow]note:[/] {escape(w)}", highlight=False)
     color = {"pass": "green", "regression": "red"}.get(result["verdict"], "yellow")
     console.print(f"[bold {color}]{escape(result['summary'])}[/]", highlight=False)
-
-
-def _print_json(obj: Any) -> None:
-    sys.stdout.write(json.dumps(obj, indent=2) + "\n")

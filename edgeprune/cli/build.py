@@ -1,0 +1,73 @@
+"""`edgeprune build`: prune, export, measure and loop until the budgets are met."""
+from __future__ import annotations
+
+from typing import Any
+
+import click
+
+from ..registry import ALLOCATIONS, CRITERIA, POLICIES, choice
+from .main import print_json, remote_options
+from .progress import progress_for, summary_line
+
+
+@click.command()
+@click.option("--config", "config_file", type=click.Path(dir_okay=False), help="YAML file of build options; flags override it.")
+@click.option("--model", help="resnet20 | resnet56 | torchvision:NAME | pkg.module:factory | file.py:factory | model.pt")
+@click.option("--weights", type=click.Path(dir_okay=False), help="State dict or checkpoint for --model.")
+@click.option("--input-shape", help="C,H,W of one input, e.g. 3,224,224.")
+@click.option("--data", help="digits | imagefolder:PATH  [default: digits]")
+@click.option("--device", help="A device from `edgeprune devices`, 'jetson', or a device YAML.  [default: cpu]")
+@click.option("--policy", type=choice(POLICIES, "auto"),
+              help="What to optimise; auto picks from the budgets given (none: latency-sensitive at 0.5x).  [default: auto]")
+@click.option("--max-accuracy-drop", type=float, help="Accuracy tolerance in points against the unpruned artifact (accuracy-critical default 0.5).")
+@click.option("--memory-budget-mb", type=float, help="Memory budget of the deployed artifact in MB.")
+@click.option("--memory-metric", type=click.Choice(["weights", "peak"]), help="What the memory budget counts: ONNX weights or the runtime's measured peak.  [default: weights]")
+@click.option("--latency-budget", help="Fraction of the unpruned latency ('0.5x') or milliseconds ('2.5ms').  [default: 0.5x]")
+@click.option("--latency-budget-ms", type=float, help="Latency budget in milliseconds.")
+@click.option("--percentile", type=click.Choice(["p50", "p90", "p99", "mean"]), help="Statistic the budget applies to.  [default: p50]")
+@click.option("--batch-size", type=int, help="Batch size of the deployed artifact.  [default: 1]")
+@click.option("--threads", type=int, help="Runtime threads (CPU).  [default: the device's]")
+@click.option("--criterion", type=choice(CRITERIA), help="Filter importance (how a channel is ranked).  [default: l1]")
+@click.option("--allocation", type=choice(ALLOCATIONS), help="Per-layer pruning allocation.  [default: uniform]")
+@click.option("--channel-multiple", type=int, help="Round kept widths to this multiple.  [default: the device's]")
+@click.option("--distill/--no-distill", default=None, help="Distil from the unpruned model while fine-tuning.  [default: no]")
+@click.option("--bn-recalibration/--no-bn-recalibration", default=None, help="Recalibrate BatchNorm statistics after pruning.  [default: yes]")
+@click.option("--finetune-epochs", type=int, help="Fine-tuning epochs after each prune.  [default: 5]")
+@click.option("--train-epochs", type=int, help="Epochs to train a built-in model (cached).  [default: 10]")
+@click.option("--max-iterations", type=int, help="Cap on pruning attempts.  [default: 6]")
+@click.option("--measure-blocks", type=int, help="Interleaved timing blocks per measurement.  [default: 6]")
+@click.option("--measure-iters", type=int, help="Timed runs per block.  [default: 200]")
+@click.option("--seed", type=int, help="Seed for data split, training and fine-tuning.  [default: 0]")
+@click.option("--out", type=click.Path(file_okay=False), help="Output directory.  [default: out]")
+@remote_options
+@click.option("--remote-dir", help="Directory on the far side to work in (a temporary one inside it, removed after).  [default: its temp directory]")
+@click.option("--quiet", "-q", is_flag=True, help="Print nothing but errors.")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON on stdout.")
+def build(config_file: str | None, latency_budget_ms: float | None, quiet: bool, as_json: bool, **flags: Any) -> None:
+    """Prune, export, measure and loop until the budgets are met; write the artifacts to --out."""
+    from ..config import BuildConfig, parse_shape
+    from ..errors import BudgetNotMet, ConfigError
+    from ..pipeline.loop import build as run_build
+
+    if latency_budget_ms is not None:
+        if flags.get("latency_budget"):
+            raise ConfigError("give either --latency-budget or --latency-budget-ms, not both")
+        flags["latency_budget"] = f"{latency_budget_ms}ms"
+    if flags.get("input_shape"):
+        flags["input_shape"] = parse_shape(flags["input_shape"])
+    given = {k: v for k, v in flags.items() if v is not None and v != ()}
+    config = BuildConfig.from_yaml(config_file, **given) if config_file else BuildConfig(**given)
+    progress = progress_for(quiet or as_json)
+    try:
+        with progress:
+            result = run_build(config, progress=progress)
+    except BudgetNotMet as exc:
+        if as_json:
+            print_json(exc.result.report)
+        raise
+    if as_json:
+        print_json(result.report)
+    elif not quiet:
+        click.echo(summary_line(result.report) + f" -> {result.out}")
+
+
