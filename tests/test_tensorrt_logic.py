@@ -975,3 +975,23 @@ def test_build_engine_refused_profile_is_an_error(monkeypatch, tmp_path):
     with pytest.raises(EdgepruneError, match=r"refused the optimization profile for input \(1, 3, 8, 8\)"):
         build_engine(_tiny_onnx(tmp_path / "m.onnx"), tmp_path / "m.engine",
                      BuildOptions(min_batch=1, opt_batch=2, max_batch=4))
+
+
+@pytest.mark.parametrize("version,typed,flags", [((8, 6, 1), False, ("INT8",)), ((10, 3, 0), True, ()),
+                                                 ((11, 4, 0), True, ())])
+def test_an_onnx_carrying_qdq_is_built_as_int8_strongly_typed_where_tensorrt_has_it(version, typed, flags):
+    plan = plan_build(BuildOptions(), version, False, False, onnx_has_qdq=True)
+    assert plan.precision == "int8" and plan.calibration == "qdq"
+    assert plan.strongly_typed is typed and plan.builder_flags == flags
+
+
+@pytest.mark.parametrize("version,flags", [((8, 6, 1), ("FP16",)), ((10, 3, 0), ()), ((11, 4, 0), ())])
+def test_an_onnx_carrying_fp16_is_built_as_fp16(version, flags):
+    plan = plan_build(BuildOptions(), version, False, False, onnx_has_fp16=True)
+    assert plan.precision == "fp16" and plan.builder_flags == flags
+    assert any("carries fp16" in note for note in plan.notes)
+
+
+def test_a_plain_fp32_onnx_stays_fp32_and_weakly_typed_on_10():
+    plan = plan_build(BuildOptions(), (10, 3, 0), False, False)
+    assert plan.precision == "fp32" and not plan.strongly_typed and plan.builder_flags == ()

@@ -133,9 +133,17 @@ def plan_build(options: BuildOptions, trt_version: Sequence[int], has_dla: bool,
         raise RuntimeUnavailable(f"TensorRT {version_str(v)} is too old: edgeprune needs TensorRT "
                                  f"{version_str(MIN_SUPPORTED)} or newer (JetPack 5.1+)")
     prec = options.precision
+    # An ONNX that carries its precision (Q/DQ nodes, float16 tensors: edgeprune's precision stage) is built as
+    # that precision: strongly typed where TensorRT has it (10.x, 11.x; NVIDIA's recommended path), with the
+    # builder flags only 8.6 needs to honour Q/DQ and fp16 layers.
+    carried = "int8" if onnx_has_qdq else "fp16" if onnx_has_fp16 else None
+    if carried is not None and prec == "fp32":
+        prec = carried
+        notes.append(f"the ONNX carries {carried} ({'Q/DQ nodes' if onnx_has_qdq else 'float16 tensors'}): "
+                     f"built as {carried}")
 
-    # -- typing: strong on 11.x always, on 10.x when asked, unavailable on 8.x ----------------------------
-    strongly_typed = major >= 11 or options.strongly_typed
+    # -- typing: strong on 11.x always, on 10.x when asked or when the ONNX carries its precision, not on 8.x ---
+    strongly_typed = major >= 11 or options.strongly_typed or (carried is not None and major >= 10)
     if strongly_typed and major < 10:
         raise RuntimeUnavailable(f"strongly typed networks need TensorRT 10 or newer (this is "
                                  f"{version_str(v)}): drop strongly_typed")
