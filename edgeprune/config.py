@@ -76,6 +76,12 @@ class BuildConfig:
     measure_blocks: int = 6
     measure_iters: int = 200
     seed: int = 0
+    # The precision stage (export/precision.py): fp32 as exported, fp16 (strongly typed mixed precision), int8
+    # (explicit Q/DQ, activations calibrated on `calibration_images` training images), or auto: every precision
+    # the device lists, each measured on the target runtime and dropped where it is slower or misses parity.
+    precision: str | None = None  # None: the device's default_precision
+    calibration_method: str = "minmax"  # minmax | entropy | percentile (int8 activations)
+    calibration_images: int = 256
     out: str = "out"
     overwrite: bool = True
     remote: str | None = None  # user@host[:port] (or a ~/.ssh/config host): measure there over SSH
@@ -96,9 +102,10 @@ class BuildConfig:
             raise ConfigError(f"memory metric {self.memory_metric!r} is unknown: use weights or peak")
         if self.percentile not in PERCENTILES:
             raise ConfigError(f"percentile {self.percentile!r} is unknown: use one of {', '.join(PERCENTILES)}")
+        self._check_precision()
         if self.criterion not in CRITERIA:
             raise ConfigError(f"criterion {self.criterion!r} is unknown: use one of {', '.join(CRITERIA)}")
-        minimum = {"batch_size": 1, "max_iterations": 1, "measure_blocks": 1, "measure_iters": 1,
+        minimum = {"calibration_images": 1, "batch_size": 1, "max_iterations": 1, "measure_blocks": 1, "measure_iters": 1,
                    "finetune_epochs": 0, "train_epochs": 0, "seed": 0}
         for name, low in minimum.items():
             value = _as_int(name, getattr(self, name))
@@ -124,6 +131,15 @@ class BuildConfig:
             if len(shape) != 3 or min(shape) < 1:
                 raise ConfigError(f"input shape {self.input_shape} must be C,H,W with positive sizes, e.g. 3,224,224")
             object.__setattr__(self, "input_shape", shape)
+
+    def _check_precision(self) -> None:
+        from .export.precision import CALIBRATION_METHODS, PRECISIONS
+
+        if self.precision is not None and self.precision not in ("auto", *PRECISIONS):
+            raise ConfigError(f"precision {self.precision!r} is unknown: use auto, {', '.join(PRECISIONS)}")
+        if self.calibration_method not in CALIBRATION_METHODS:
+            raise ConfigError(f"calibration method {self.calibration_method!r} is unknown: use one of "
+                              f"{', '.join(CALIBRATION_METHODS)}")
 
     def _check_remote(self) -> None:
         options = self.remote_ssh_options

@@ -26,13 +26,16 @@ FAST = dict(model="resnet20", input_shape=(1, 16, 16), train_epochs=1, finetune_
 ARTIFACTS = {"model.onnx", "model.pt", "report.json", "report.md", "manifest.json"}
 
 REPORT_KEYS = {"schema_version", "tool", "created", "budget_met", "stop_reason", "policy", "budget", "config",
-               "device", "host", "runner", "versions", "model", "data", "iterations", "final", "elapsed_s"}
+               "device", "host", "runner", "versions", "model", "data", "iterations", "final", "elapsed_s",
+               "precision"}
 ITERATION_KEYS = {"index", "kind", "ratio", "step_reason", "widths", "params", "macs", "param_bytes", "latency_ms",
                   "latency", "latency_ratio", "baseline_latency_paired", "budget_met", "memory", "accuracy",
-                  "accuracy_source", "parity", "export", "recovery", "selected", "elapsed_s"}
+                  "accuracy_source", "parity", "export", "recovery", "selected", "elapsed_s", "precision",
+                  "quantization", "precision_parity"}
 FINAL_KEYS = {"index", "budget_met", "ratio", "params", "macs", "latency_ms", "percentile", "baseline_latency_ms",
               "latency_ratio", "target_ms", "target_ratio", "speedup", "macs_reduction", "params_reduction",
-              "speedup_per_macs_reduction", "accuracy", "baseline_accuracy", "accuracy_drop", "memory", "parity"}
+              "speedup_per_macs_reduction", "accuracy", "baseline_accuracy", "accuracy_drop", "memory", "parity",
+              "precision", "quantization", "precision_parity"}
 STATS_KEYS = {"n", "warmup", "blocks", "mean", "p50", "p90", "p99", "min", "mad", "block_medians", "spread",
               "batch_size", "runtime", "threads", "versions", "extra"}
 VERSION_KEYS = {"python", "torch", "torchvision", "torch_pruning", "onnx", "onnxruntime", "numpy"}
@@ -113,7 +116,7 @@ def test_manifest_hashes_every_other_file_and_verifies(built):
         assert info["sha256"] == sha256(out / name)
         assert info["bytes"] == (out / name).stat().st_size
     assert verify_manifest(out) == []
-    assert manifest["schema_version"] == 1
+    assert manifest["schema_version"] == 2
     assert manifest["budget_met"] is True
     assert manifest["device"] == "cpu"
     assert manifest["created"] == report["created"]
@@ -135,7 +138,7 @@ def test_verify_manifest_flags_changed_and_missing_files(built, tmp_path):
 def test_report_has_the_documented_schema(built):
     _, out, report = built
     assert REPORT_KEYS <= set(report)
-    assert report["schema_version"] == 1
+    assert report["schema_version"] == 2
     assert report["budget_met"] is True
     assert isinstance(report["stop_reason"], str) and report["stop_reason"]
     assert report["policy"] == "latency-sensitive"

@@ -143,7 +143,7 @@ def test_precision_mismatch_refused(tmp_path):
 @pytest.mark.parametrize("breakage, message", [
     ("missing", "does not exist"),
     ("not-json", "is not valid JSON"),
-    ("schema", "schema_version 2"),
+    ("schema", "schema_version 99"),
     ("no-final", "final.index is missing"),
     ("bad-index", "final.index 7 is not an iteration"),
     ("list", "must hold a JSON object"),
@@ -157,7 +157,7 @@ def test_unusable_report_exits_2_with_one_line(tmp_path, breakage, message):
     if breakage == "not-json":
         path.write_text('{"schema_version": 1, "final": ')
     elif breakage == "schema":
-        path.write_text(json.dumps(make_report(schema_version=2)))
+        path.write_text(json.dumps(make_report(schema_version=99)))
     elif breakage == "no-final":
         r = make_report()
         del r["final"]
@@ -370,3 +370,27 @@ def test_remeasure_much_bigger_model_fails(tmp_path, onnx_pair):
     assert p50["stored"]["new"] == pytest.approx(0.40)
     assert ET.parse(junit).getroot().find("testsuite/testcase[@name='latency_p50']/failure") is not None
     assert np.isfinite(out["remeasure"]["limit_ratio"])
+
+
+def test_a_schema_1_report_is_read_with_the_runners_one_precision():
+    from edgeprune.report.schema import SCHEMA_VERSION, migrate
+
+    old = make_report()
+    old["runner"]["build_options"] = {"precision": "fp16"}
+    new = migrate(old)
+    assert old["schema_version"] == 1 and new["schema_version"] == SCHEMA_VERSION == 2
+    assert {it["precision"] for it in new["iterations"]} == {"fp16"} and new["final"]["precision"] == "fp16"
+    assert new["final"]["quantization"] is None and "precision" not in old["final"]  # a copy, not the file
+
+
+def test_the_shipped_graphs_precision_is_what_check_compares(tmp_path):
+    int8 = make_report(schema_version=2, precision=None)
+    int8["final"]["precision"] = "int8"
+    base = make_report(schema_version=2, precision=None)
+    base["final"]["precision"] = "fp32"
+    for r in (int8, base):
+        for it in r["iterations"]:
+            it.update(precision="fp32", quantization=None, precision_parity=None)
+    new, old = pair(tmp_path, int8, base)
+    res = run(new, old)
+    assert res.exit_code == 2 and "precision: new int8 vs baseline fp32" in res.stderr

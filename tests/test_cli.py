@@ -191,7 +191,7 @@ def test_build_json_prints_the_report(tmp_path):
     result = invoke("build", "--json", *args, "--latency-budget", "0.9x", "--out", str(out))
     assert result.exit_code == 0, (result.stderr, result.exception)
     report = json.loads(result.stdout)  # nothing but the JSON on stdout
-    assert report["schema_version"] == 1
+    assert report["schema_version"] == 2
     assert report["budget_met"] is True
     assert report["config"]["input_shape"] == [1, 16, 16] and report["config"]["max_iterations"] == 3
     on_disk = json.loads((out / "report.json").read_text())

@@ -72,3 +72,26 @@ def test_when_nothing_meets_every_constraint_each_policy_ships_its_closest():
 def test_the_summary_names_what_failed():
     text = constraints.summary(rec(ratio=0.6, checks={"latency": False, "memory": True}))
     assert text.endswith("fails latency") and "0.600x of baseline" in text
+
+
+def test_a_reduced_precision_graph_off_in_parity_cannot_ship_but_is_still_worth_fine_tuning():
+    b = Budgets(latency_kind="relative", target_ms=1.0, target_ratio=0.5)
+    r = {**rec(ratio=0.4), "precision_parity": {"ok": False}}
+    checks = constraints.checks(r, b, 0.4)
+    assert checks == {"latency": True, "precision_parity": False}
+    assert constraints.worth_finetuning(checks)  # fine-tuning changes the weights the parity is read on
+    assert constraints.failed_names([{"checks": checks}]) == ["reduced-precision parity with fp32"]
+    assert "precision_parity" not in constraints.checks(rec(ratio=0.4), b, 0.4)  # fp32: no such gate
+
+
+def test_a_precision_search_starts_from_its_own_unpruned_model():
+    b = Budgets(latency_kind="relative", target_ms=1.0, target_ratio=0.5, memory_budget_mb=0.5,
+                base_memory_mb=1.0)
+    int8 = {"latency": 0.55, "memory": 0.26}  # the unpruned model in int8, against fp32
+    # its unpruned model costs 1.0 of its own search; the target is where every bound meets its budget
+    assert constraints.cost(rec(ratio=0.55, weights_mb=0.26), b, int8) == pytest.approx(1.0)
+    assert 1.0 / constraints.scale(b, int8) == pytest.approx(0.5 / 0.55)
+    met = rec(ratio=0.5, weights_mb=0.2)
+    assert constraints.cost(met, b, int8) == pytest.approx(1.0 / constraints.scale(b, int8))
+    # without a start (fp32) the cost is what it always was: the tightest bound, scaled to it
+    assert constraints.cost(rec(ratio=0.5, weights_mb=1.0), b) == pytest.approx(1.0)

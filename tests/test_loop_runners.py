@@ -74,22 +74,40 @@ def test_exports_for_other_runners_write_no_model_pt(prepared, tmp_path):
 
 
 @pytest.mark.parametrize("device", ["jetson-orin-nano", "x86-cuda"])
-def test_tensorrt_runners_get_the_device_precision_and_a_timing_cache_for_the_whole_build(device, tmp_path):
+def test_tensorrt_runners_build_what_the_onnx_carries_with_a_timing_cache_for_the_whole_build(device, tmp_path):
     spec = resolve_device(device)
     context = stages.run_context(BuildConfig(device=device), None, spec, tmp_path)
     for name in ("tensorrt", "trtexec"):  # both take them; the loop builds them with get_runner
         built = get_runner(name, context=context, require_available=False)
         assert built.options.timing_cache == str(tmp_path / "tensorrt.timing-cache")
-        assert built.options.precision == spec.default_precision == "fp16"
-        assert built.parity_tolerance() == (5e-2, 5e-2)
+        # the device's fp16 is made by the precision stage (an fp16 ONNX), not asked of the builder
+        assert spec.default_precision == "fp16" and built.options.precision == "fp32"
 
 
-def test_torch_cuda_device_runs_in_its_default_precision(tmp_path):
+def test_the_device_default_precision_is_what_the_build_searches():
+    from edgeprune.pipeline import precision
+
+    trt = get_runner("tensorrt", require_available=False)
+    assert precision.requested(None, resolve_device("jetson-orin-nano"), trt) == (["fp16"], {})
+    assert precision.requested("auto", resolve_device("jetson-orin-nano"), trt)[0] == ["fp32", "fp16", "int8"]
+    with pytest.raises(ConfigError, match="lists precisions fp32, fp16, int8, not fp8|unknown"):
+        precision.requested("fp8", resolve_device("jetson-orin-nano"), trt)
+
+
+def test_torch_cuda_times_fp32_and_says_why_reduced_precision_is_left_out(tmp_path):
     from dataclasses import replace
+
+    from edgeprune.errors import RuntimeUnavailable
+    from edgeprune.pipeline import precision
 
     spec = replace(resolve_device("x86-cuda"), runner="torch-cuda")
     context = stages.run_context(BuildConfig(device="x86-cuda"), None, spec, tmp_path)
-    assert get_runner("torch-cuda", context=context, require_available=False).fp16 is True
+    runner = get_runner("torch-cuda", context=context, require_available=False)
+    assert runner.fp16 is False
+    searched, left_out = precision.requested(None, spec, runner)  # the device's fp16 default
+    assert searched == ["fp32"] and "times the PyTorch module" in left_out["fp16"]
+    with pytest.raises(RuntimeUnavailable, match="precision int8: runner torch-cuda"):
+        precision.requested("int8", spec, runner)
 
 
 def test_the_cpu_runner_takes_threads_and_seed_from_the_build(tmp_path):

@@ -16,7 +16,7 @@ from typing import Any, Callable
 from .. import __version__
 from ..errors import EdgepruneError
 from ..report.manifest import UnsafeArtifact, modified_files
-from ..report.schema import SCHEMA_VERSION
+from ..report.schema import SCHEMA_VERSION, migrate, runner_precision
 from .remeasure import ORT_RUNNERS, ort_runner_for, remeasure_latency
 from .render import format_worsening, summary_line
 from .thresholds import METRICS, CheckOptions, Metric, Threshold
@@ -137,6 +137,7 @@ def load_report(path: str | Path, role: str) -> LoadedReport:
         raise CannotCompare(f"cannot compare: {where} is not valid JSON (line {exc.lineno}: {exc.msg})") from None
     if not isinstance(data, dict):
         raise CannotCompare(f"cannot compare: {where} is malformed: it must hold a JSON object")
+    data = migrate(data)  # an older schema this edgeprune knows how to read (report/schema.py says how)
     version = data.get("schema_version")
     if version != SCHEMA_VERSION:
         raise CannotCompare(f"cannot compare: {where} has schema_version {version!r}, this edgeprune reads "
@@ -229,14 +230,9 @@ def identity(r: dict[str, Any]) -> dict[str, str]:
 
 
 def precision(r: dict[str, Any]) -> str:
-    runner = r.get("runner") or {}
-    if runner.get("precision"):
-        return str(runner["precision"])
-    if isinstance(runner.get("build_options"), dict) and runner["build_options"].get("precision"):
-        return str(runner["build_options"]["precision"])
-    if "fp16" in runner:
-        return "fp16" if runner["fp16"] else "fp32"
-    return str((r.get("device") or {}).get("default_precision") or "fp32")
+    """What the shipped artifact carries (the precision stage's choice, schema 2), else the runner's."""
+    final = r.get("final") if isinstance(r.get("final"), dict) else {}
+    return str(final.get("precision") or runner_precision(r))
 
 
 def mismatches(new: dict[str, Any], base: dict[str, Any]) -> list[str]:

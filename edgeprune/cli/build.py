@@ -37,6 +37,12 @@ from .progress import progress_for, summary_line
 @click.option("--max-iterations", type=int, help="Cap on pruning attempts.  [default: 6]")
 @click.option("--measure-blocks", type=int, help="Interleaved timing blocks per measurement.  [default: 6]")
 @click.option("--measure-iters", type=int, help="Timed runs per block.  [default: 200]")
+@click.option("--precision", type=click.Choice(["auto", "fp32", "fp16", "int8"]),
+              help="Precision of the shipped graph: auto tries every one the device lists, each measured on the "
+                   "target and dropped where slower than fp32 or off in parity.  [default: the device's]")
+@click.option("--calibration-method", type=click.Choice(["minmax", "entropy", "percentile"]),
+              help="int8 activation calibration.  [default: minmax]")
+@click.option("--calibration-images", type=int, help="Training images that calibrate int8.  [default: 256]")
 @click.option("--seed", type=int, help="Seed for data split, training and fine-tuning.  [default: 0]")
 @click.option("--out", type=click.Path(file_okay=False), help="Output directory.  [default: out]")
 @remote_options

@@ -69,6 +69,8 @@ def write_artifacts(state: BuildState, out: Path, final_idx: int, budget_met: bo
         "accuracy": fin["accuracy"], "baseline_accuracy": base["accuracy"],
         "accuracy_drop": None if fin["accuracy"] is None else base["accuracy"] - fin["accuracy"],
         "memory": fin["memory"], "parity": fin["parity"], "latency_confirmation": confirmation,
+        "precision": fin.get("precision", "fp32"), "quantization": fin.get("quantization"),
+        "precision_parity": fin.get("precision_parity"),
     }
     prof, prep = state.prof, state.prep
     report = {
@@ -88,7 +90,8 @@ def write_artifacts(state: BuildState, out: Path, final_idx: int, budget_met: bo
         "model": {"name": prep.model.name, "source": prep.model.source,
                   "input_shape": list(prep.model.input_shape), "num_classes": prep.model.num_classes,
                   "training": prep.training or None},
-        "data": prep.data.describe(), "iterations": state.iterations, "final": final,
+        "data": prep.data.describe(), "precision": state.precision_report or None,
+        "iterations": state.iterations, "final": final,
         "elapsed_s": round(time.perf_counter() - state.t0, 2),
     }
     write_json(out / "report.json", report)

@@ -15,7 +15,7 @@ from ..config import BuildConfig
 from ..pruning.allocation import Allocator
 from ..pruning.cost import model_cost
 from ..pruning.prune import prune_model
-from . import constraints, stages
+from . import constraints, precision, stages
 from .policies import Step
 
 
@@ -39,7 +39,25 @@ class BuildState:
     iterations: list[dict[str, Any]] = field(default_factory=list)
     models: dict[int, torch.nn.Module] = field(default_factory=dict)
     exports: dict[int, stages.Exported] = field(default_factory=dict)
+    precisions: dict[str, precision.PrecisionSettings] = field(default_factory=dict)  # searched, with settings
+    precision_report: dict[str, Any] = field(default_factory=dict)  # what report.json says of the precisions
     t0: float = field(default_factory=time.perf_counter)
+    _calibration: list | None = None
+    _validation: list | None = None
+
+    @property
+    def calibration(self) -> list:
+        """int8 calibration images (training split), read once per build."""
+        if self._calibration is None:
+            self._calibration = precision.calibration_set(self)
+        return self._calibration
+
+    @property
+    def validation(self) -> list:
+        """Validation images for the reduced-precision parity gate, read once per build."""
+        if self._validation is None:
+            self._validation = precision.validation_set(self)
+        return self._validation
 
     @property
     def example(self) -> torch.Tensor:
@@ -59,10 +77,17 @@ class BuildState:
             max(min_blocks, int(blocks * blocks_scale)))
         return cand, base, paired_ratio(cand, base)
 
-    def export(self, model: torch.nn.Module, index: int, tag: str = "") -> stages.Exported:
+    def export(self, model: torch.nn.Module, index: int, tag: str = "", prec: str = "fp32",
+               fix: bool = True) -> stages.Exported:
+        """The fp32 ONNX (gated on parity with PyTorch) and, for a reduced precision, the ONNX that carries it
+        (gated on parity with the fp32 one): what the runner is given."""
         path = self.work / f"iter{index:02d}{tag}" / "model.onnx"  # a new path: runners cache sessions by path
         path.parent.mkdir(parents=True, exist_ok=True)
-        return stages.export_stage(model, self.prep, self.config.batch_size, path, self.prof.runner)
+        exported = stages.export_stage(model, self.prep, self.config.batch_size, path, self.prof.runner)
+        if prec == "fp32":
+            return exported
+        self.progress.stage("precision", f"iteration {index}: {prec}")
+        return precision.convert(self, exported, self.precisions[prec], fix)
 
     def signature(self, ratio: float) -> tuple[int, ...]:
         return tuple(self.allocator.widths(ratio).values())
@@ -71,18 +96,28 @@ class BuildState:
         return lambda msg: self.progress.stage(name, prefix + msg)
 
 
-def run_attempt(state: BuildState, index: int, step: Step) -> dict[str, Any]:
+def run_attempt(state: BuildState, index: int, step: Step, prec: str = "fp32") -> dict[str, Any]:
+    """One (pruning ratio, precision) attempt; ratio 0 is the unpruned model in a reduced precision."""
     cfg, prep = state.config, state.prep
-    state.progress.stage("prune", f"iteration {index}: ratio {step.ratio:.3f} ({step.reason})")
-    pruned = prune_model(prep.model.module, state.example, 0.0, state.multiple, cfg.criterion,
-                         widths=state.allocator.widths(step.ratio), batches=prep.data.labeled_batches())
-    model = pruned.model
+    state.progress.stage("prune", f"iteration {index}: ratio {step.ratio:.3f}"
+                         + (f" in {prec}" if prec != "fp32" else "") + f" ({step.reason})")
+    if step.ratio == 0.0:  # the unpruned model itself, in another precision
+        model = prep.model.module
+        pruned = None
+    else:
+        pruned = prune_model(prep.model.module, state.example, 0.0, state.multiple, cfg.criterion,
+                             widths=state.allocator.widths(step.ratio), batches=prep.data.labeled_batches())
+        model = pruned.model
     # BN recalibration now; fine-tuning only once the attempt is known to be worth it (below)
-    recovery = stages.recover_stage(model, prep.data, 0, cfg.seed + index, False,
-                                    bn_recalibration=cfg.bn_recalibration)
+    recovery = (stages.recover_stage(model, prep.data, 0, cfg.seed + index, False,
+                                     bn_recalibration=cfg.bn_recalibration)
+                if pruned is not None else {"bn_recalibration": False, "note": "unpruned: nothing to recover"})
+    widths = pruned.widths_after if pruned is not None else None
+    can_train = prep.accuracy_available is None and pruned is not None
     state.progress.stage("export", f"iteration {index}")
     state.models[index] = model
-    state.exports[index] = state.export(model, index)
+    # before fine-tuning an int8 graph's parity only decides nothing: the cheap fixes wait for the tuned weights
+    state.exports[index] = state.export(model, index, prec=prec, fix=not (can_train and cfg.finetune_epochs > 0))
     state.progress.stage("measure", f"iteration {index}, interleaved with the baseline")
     cand, base, ratio = state.against_baseline(state.exports[index].deployed)
     remeasured = None
@@ -91,8 +126,7 @@ def run_attempt(state: BuildState, index: int, step: Step) -> dict[str, Any]:
         remeasured = {"first_ratio": ratio.ratio, "first_p": cand.percentile(cfg.percentile)}
         cand, base, ratio = state.against_baseline(state.exports[index].deployed, blocks_scale=2)
     rec = make_record(state, index, step.ratio, step.reason, model, cand, (base, ratio), recovery,
-                      widths=pruned.widths_after, evaluate_accuracy=False)
-    can_train = prep.accuracy_available is None
+                      widths=widths, evaluate_accuracy=False)
     if cfg.finetune_epochs > 0 and can_train and constraints.worth_finetuning(
             constraints.checks(rec, state.budgets, ratio.ratio)):
         # Fine-tuning changes weight values, not the graph: the latency measured above stands for it, and
@@ -104,10 +138,10 @@ def run_attempt(state: BuildState, index: int, step: Step) -> dict[str, Any]:
                                         teacher=prep.model.module if cfg.distill else None)
         recovery["bn_recalibration"] = cfg.bn_recalibration
         state.progress.stage("export", f"iteration {index}, fine-tuned")
-        state.exports[index] = state.export(model, index, "finetuned")
+        state.exports[index] = state.export(model, index, "finetuned", prec)
         state.iterations.pop()
         rec = make_record(state, index, step.ratio, step.reason, model, cand, (base, ratio), recovery,
-                          widths=pruned.widths_after, memory=rec["memory"])  # same graph, same bytes
+                          widths=widths, memory=rec["memory"])  # same graph, same bytes
     else:
         evaluate(state, rec)
         if cfg.finetune_epochs > 0 and can_train:
@@ -139,6 +173,8 @@ def make_record(state: BuildState, index: int, ratio: float, reason: str, model:
         "parity": exported.parity.to_dict(),
         "export": {k: v for k, v in exported.export.to_dict().items() if k != "path"},
         "recovery": recovery, "selected": False, "elapsed_s": round(time.perf_counter() - state.t0, 2),
+        "precision": exported.precision, "quantization": exported.quantization,
+        "precision_parity": exported.precision_parity,
     }
     if paired is not None:
         base_stats, ratio_obj = paired

@@ -58,19 +58,34 @@ def checks(record: dict[str, Any], budgets: Budgets, paired_ratio: float | None)
     if budgets.max_accuracy_drop is not None:
         out["accuracy"] = (record["accuracy"] is not None
                            and budgets.base_accuracy - record["accuracy"] <= budgets.max_accuracy_drop + 1e-9)
+    if record.get("precision_parity"):  # a reduced-precision graph ships only within its tolerance of fp32
+        out["precision_parity"] = bool(record["precision_parity"]["ok"])
     return out
 
 
-def cost(record: dict[str, Any], budgets: Budgets) -> float:
+def cost(record: dict[str, Any], budgets: Budgets, start: dict[str, float] | None = None) -> float:
     """The constrained cost relative to the unpruned model, scaled so it meets the policy's target exactly
-    when every bound meets its own: max_i(value_i / target_i) / max_i(1 / target_i). 0 with no bound."""
+    when every bound meets its own: max_i(value_i / target_i) / max_i(start_i / target_i). 0 with no bound.
+
+    `start`: each bound's value for the unpruned model in the precision searched (the int8 unpruned model takes
+    0.5x the fp32 latency, say); 1.0 each for fp32. A search in that precision then starts from cost 1.0."""
     targets = budgets.bound_targets()
     if not targets:
         return 0.0
-    values = {"latency": record["latency_ratio"]["ratio"] if record["latency_ratio"] else 1.0,
-              "memory": (memory_mb(record, budgets.memory_metric) / budgets.base_memory_mb
-                         if "memory" in targets else 1.0)}
-    return max(values[k] / t for k, t in targets.items()) / max(1.0 / t for t in targets.values())
+    return max(values(record, budgets)[k] / t for k, t in targets.items()) / scale(budgets, start)
+
+
+def values(record: dict[str, Any], budgets: Budgets) -> dict[str, float]:
+    """Each bound's value for `record`, relative to the unpruned fp32 model."""
+    return {"latency": record["latency_ratio"]["ratio"] if record["latency_ratio"] else 1.0,
+            "memory": (memory_mb(record, budgets.memory_metric) / budgets.base_memory_mb
+                       if budgets.memory_budget_mb is not None else 1.0)}
+
+
+def scale(budgets: Budgets, start: dict[str, float] | None = None) -> float:
+    """max_i(start_i / target_i): the policy's target cost is its inverse."""
+    start = start or {}
+    return max(start.get(k, 1.0) / t for k, t in budgets.bound_targets().items())
 
 
 def bounds_met(record_checks: dict[str, bool], budgets: Budgets) -> bool:
@@ -81,11 +96,18 @@ def worth_finetuning(record_checks: dict[str, bool]) -> bool:
     """Fine-tune an attempt that meets every latency/memory bound, or every attempt when accuracy alone is
     the constraint (the accuracy-critical search needs each attempt's recovered accuracy): an attempt over its
     latency or memory budget can never ship."""
-    return all(ok for name, ok in record_checks.items() if name != "accuracy")
+    # accuracy and a reduced-precision graph's parity are read again after fine-tuning, which changes both
+    return all(ok for name, ok in record_checks.items() if name not in ("accuracy", "precision_parity"))
 
 
 def failed_constraints(records: list[dict[str, Any]]) -> list[str]:
     return sorted({k for r in records for k, ok in r["checks"].items() if not ok})
+
+
+def failed_names(records: list[dict[str, Any]]) -> list[str]:
+    """The failed constraints in words, e.g. ['latency budget', 'reduced-precision parity with fp32']."""
+    return [("reduced-precision parity with fp32" if k == "precision_parity" else f"{k} budget")
+            for k in failed_constraints(records)]
 
 
 def summary(rec: dict[str, Any]) -> str:

@@ -3,6 +3,7 @@ attempts proposed by the policy until it stops -> the chosen attempt's artifacts
 an attempt is attempt.py, the decisions are constraints.py and policies/, the writing is artifacts.py."""
 from __future__ import annotations
 
+import dataclasses
 import logging
 import shutil
 import tempfile
@@ -18,7 +19,7 @@ from ..pruning.allocation import Allocator
 from ..pruning.prune import DEEPEST_RATIO, prunable_widths, prune_model
 from ..pruning.recover import accuracy_torch, recalibrate_bn
 from ..registry import POLICIES
-from . import constraints, stages
+from . import constraints, precision, stages
 from .artifacts import BuildResult, write_artifacts
 from .attempt import BuildState, Progress, make_record, run_attempt
 from .policies import Measured, Policy, Step, Stop
@@ -60,9 +61,9 @@ def build(config: BuildConfig | None = None, progress: Progress | None = None, *
     finally:
         shutil.rmtree(work, ignore_errors=True)
     if not result.budget_met:
-        missed = ", ".join(constraints.failed_constraints([result.report["iterations"][result.report["final"]["index"]]])) \
-            or "budget"
-        err = BudgetNotMet(f"{missed} budget not met ({result.stop_reason}); the best attempt is in {result.out}, "
+        missed = ", ".join(constraints.failed_names(
+            [result.report["iterations"][result.report["final"]["index"]]])) or "budget"
+        err = BudgetNotMet(f"{missed} not met ({result.stop_reason}); the best attempt is in {result.out}, "
                            "marked budget_met: false: relax the budget or allow more iterations")
         err.result = result
         raise err
@@ -76,19 +77,51 @@ def _run(config: BuildConfig, progress: Progress, prof: stages.Profile, out: Pat
     base = prep.model.module
     state.full_widths = prunable_widths(base, state.example)  # raises, naming why, when nothing can be pruned
 
+    searched, left_out = precision.requested(config.precision, prof.device, prof.runner)
+    if "int8" in searched:
+        state.calibration  # noqa: B018 -- read now: too few calibration images fails before any measuring
     baseline = _baseline(state)
     state.allocator = _allocator(state)
     policy_name = config.effective_policy
-    policy = _policy(state, policy_name, baseline)
+    # Attempts are (pruning ratio, precision). Each reduced precision is tried on the unpruned model first; in
+    # `auto` one slower than fp32 there (or missing parity) is dropped with its figures. Each precision left
+    # gets its own search, aimed from where its unpruned model starts; the choice is over all of them.
     measured: list[Measured] = []
-    step = policy.first_step()
-    while isinstance(step, Step):
-        record = run_attempt(state, len(measured) + 1, step)
-        measured.append(_measured(state, record, step.ratio, policy))
-        step = policy.next_step([policy.observe(m) for m in measured])
-    assert isinstance(step, Stop)
-    final_idx, budget_met, reason = _choose(state, policy, measured, step)
+    dropped: dict[str, str] = {}
+    starts: dict[str, dict[str, float]] = {}
+    for prec in searched:
+        if prec == "fp32":
+            starts[prec] = {}
+            continue
+        state.precisions[prec] = precision.first_settings(state, prec)
+        record = run_attempt(state, len(measured) + 1, Step(0.0, f"the unpruned model in {prec}"), prec)
+        starts[prec] = constraints.values(record, state.budgets)
+        why = precision.dropped_reason(prec, record, prof.runner.name) if config.precision == "auto" else None
+        measured.append(_measured(state, record, 0.0, None, starts[prec], dropped=why is not None))
+        if why:
+            dropped[prec] = record["dropped"] = why
+            state.progress.stage("precision", f"{prec} dropped: {why}")  # and in the report, with the figures
+    stops: dict[str, Stop] = {}
+    policy = None
+    for prec in (p for p in searched if p not in dropped):
+        policy = _policy(state, policy_name, baseline, starts[prec])
+        history: list[Measured] = []
+        step = policy.first_step()
+        while isinstance(step, Step):
+            record = run_attempt(state, len(measured) + 1, step, prec)
+            history.append(_measured(state, record, step.ratio, policy, starts[prec]))
+            measured.append(history[-1])
+            step = policy.next_step([policy.observe(m) for m in history])
+        assert isinstance(step, Stop)
+        stops[prec] = step
+    final_idx, budget_met, reason = _choose(state, policy or _policy(state, policy_name, baseline, {}), measured,
+                                            stops, dropped)
     state.iterations[final_idx]["selected"] = True
+    state.precision_report = {
+        "requested": config.precision or f"device default ({prof.device.default_precision})",
+        "searched": [p for p in searched if p not in dropped], "dropped": dropped, "left_out": left_out,
+        "settings": {p: dataclasses.asdict(s) for p, s in state.precisions.items()},
+        "stops": {p: s.reason for p, s in stops.items()}}
     return write_artifacts(state, out, final_idx, budget_met, reason, policy_name)
 
 
@@ -116,34 +149,43 @@ def _baseline(state: BuildState) -> dict[str, Any]:
     return baseline
 
 
-def _policy(state: BuildState, name: str, baseline: dict[str, Any]) -> Policy:
+def _policy(state: BuildState, name: str, baseline: dict[str, Any], start: dict[str, float]) -> Policy:
+    """The policy of one precision's search; `start` is where its unpruned model stands (empty: fp32)."""
     cfg, targets = state.config, state.budgets.bound_targets()
     if name == "accuracy-critical" and not targets:
         return POLICIES.get(name)(cfg.max_accuracy_drop, baseline["accuracy"], cfg.max_iterations,
                                   signature=state.signature, max_ratio=DEEPEST_RATIO)
     # every bound at once: the search aims at the tightest one (constraints.cost scales the others to it)
     kind = "memory-constrained" if set(targets) == {"memory"} else "latency-sensitive"
-    return POLICIES.get(kind)(1.0 / max(1.0 / t for t in targets.values()), cfg.max_iterations,
+    return POLICIES.get(kind)(1.0 / constraints.scale(state.budgets, start), cfg.max_iterations,
                               signature=state.signature, max_ratio=DEEPEST_RATIO)
 
 
-def _measured(state: BuildState, record: dict[str, Any], ratio: float, policy: Policy) -> Measured:
+def _measured(state: BuildState, record: dict[str, Any], ratio: float, policy: Policy | None,
+              start: dict[str, float], dropped: bool = False) -> Measured:
     sig = state.signature(ratio)  # the exact ratio: the report rounds it
-    return Measured(ratio, record["latency_ratio"]["ratio"], constraints.cost(record, state.budgets),
-                    constraints.bounds_met(record["checks"], state.budgets), record["budget_met"],
-                    record["accuracy"], sig, sig == state.signature(policy.max_ratio))
+    return Measured(ratio, record["latency_ratio"]["ratio"], constraints.cost(record, state.budgets, start),
+                    constraints.bounds_met(record["checks"], state.budgets), record["budget_met"] and not dropped,
+                    record["accuracy"], sig, policy is not None and sig == state.signature(policy.max_ratio))
 
 
-def _choose(state: BuildState, policy: Policy, measured: list[Measured], stop: Stop) -> tuple[int, bool, str]:
-    """The attempt to ship: meeting every constraint, best by the policy's objective; else the closest."""
+def _choose(state: BuildState, policy: Policy, measured: list[Measured], stops: dict[str, Stop],
+            dropped: dict[str, str]) -> tuple[int, bool, str]:
+    """The attempt to ship, over every precision: meeting every constraint, best by the policy's objective
+    (latency ratios are all against the unpruned fp32 model); else the closest."""
+    reason = "; ".join(f"{p}: {s.reason}" if len(stops) > 1 else s.reason for p, s in stops.items()) \
+        or "every reduced precision was dropped: " + "; ".join(dropped.values())
     if not measured:
-        return 0, bool(state.iterations[0]["budget_met"]), stop.reason
+        return 0, bool(state.iterations[0]["budget_met"]), reason
     chosen = policy.choose(measured, 100.0 / len(state.prep.data.val))
     if chosen is not None:
-        return chosen + 1, True, stop.reason
+        return chosen + 1, True, reason
     failed = constraints.failed_constraints(state.iterations[1:])
-    return (policy.closest(measured) + 1, False,
-            f"{stop.reason}; no attempt meets every constraint (failed: {', '.join(failed)})")
+    kept = [i for i, m in enumerate(measured) if not (state.iterations[i + 1].get("dropped"))] or \
+        list(range(len(measured)))
+    closest = kept[policy.closest([measured[i] for i in kept])]
+    return (closest + 1, False,
+            f"{reason}; no attempt meets every constraint (failed: {', '.join(failed) or 'none'})")
 
 
 def _check_accuracy_constraint(state: BuildState, baseline: dict[str, Any]) -> None:

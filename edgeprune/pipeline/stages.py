@@ -102,7 +102,9 @@ def choose_runner(device: DeviceSpec, make: Callable[[str], Runner]) -> tuple[Ru
 
 def run_context(config: BuildConfig, threads: int | None, device: DeviceSpec, work: Path | None) -> RunContext:
     """What the build asks of whichever runner measures it; each runner takes what it has a use for."""
-    return RunContext(threads=threads, seed=config.seed, precision=device.default_precision,
+    # Reduced precision is carried by the ONNX the precision stage makes (pipeline/precision.py): a runner builds
+    # and runs what its ONNX carries, so the context asks for fp32 arithmetic beyond that.
+    return RunContext(threads=threads, seed=config.seed, precision="fp32",
                       workdir=Path(work) if work is not None else None)
 
 
@@ -186,9 +188,12 @@ def recover_stage(model: nn.Module, data: DataBundle, epochs: int, seed: int, ca
 
 @dataclass
 class Exported:
-    export: ExportResult
-    parity: Parity
+    export: ExportResult                     # the ONNX the runner was given (fp32, or the precision stage's)
+    parity: Parity                           # the fp32 export against PyTorch
     deployed: Deployed
+    precision: str = "fp32"
+    quantization: dict[str, Any] | None = None      # how the reduced-precision ONNX was made (PrecisionResult)
+    precision_parity: dict[str, Any] | None = None  # it against the fp32 ONNX (PrecisionParity)
 
 
 def export_stage(model: nn.Module, prepared: Prepared, batch_size: int, path: Path, runner: Runner,

@@ -22,6 +22,7 @@ from ..files import MANIFEST, file_hashes, write_json
 from . import plots
 from .manifest import UnsafeArtifact, inside, modified_files
 from .markdown import count_text, num_text, pct_text, render_report, verdict_text
+from .schema import migrate
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +84,7 @@ def load_build_report(out: Path) -> dict[str, Any]:
         raise ConfigError(f"{path} cannot be read ({type(exc).__name__}: {str(exc)[:200]})") from None
     if not isinstance(report, dict) or not isinstance(report.get("iterations"), list) or not report["iterations"]:
         raise ConfigError(f"{path} is malformed: it has no iterations")
-    return report
+    return migrate(report)
 
 
 def update_manifest(out: Path, files: list[str], by: str) -> None:

@@ -50,10 +50,11 @@ def render_report(r: dict[str, Any]) -> str:
         f"Parity of the shipped ONNX with PyTorch: max abs error {f['parity']['max_abs']:.2e} over "
         f"{f['parity']['samples']} validation images.",
         "",
+        *precision_lines(r),
         "## Iterations",
         "",
-        "| # | ratio | MMACs | params | latency (ms) | vs unpruned | accuracy | budget | note |",
-        "|---:|---:|---:|---:|---:|---:|---:|---|---|",
+        "| # | ratio | precision | MMACs | params | latency (ms) | vs unpruned fp32 | accuracy | budget | note |",
+        "|---:|---:|---|---:|---:|---:|---:|---:|---|---|",
     ]
     for it in r["iterations"]:
         vs = "1.000" if it["latency_ratio"] is None else (
@@ -62,7 +63,10 @@ def render_report(r: dict[str, Any]) -> str:
         note = ("**shipped** " if it["selected"] else "") + it["step_reason"]
         if it.get("remeasured"):
             note += " (re-measured: first verdict was within noise)"
-        lines.append(f"| {it['index']} | {it['ratio']:.3f} | {it['macs'] / 1e6:.2f} | {count_text(it['params'])} | "
+        if it.get("dropped"):
+            note += f"; **{it.get('precision')} dropped**: {it['dropped']}"
+        lines.append(f"| {it['index']} | {it['ratio']:.3f} | {it.get('precision', 'fp32')} | {it['macs'] / 1e6:.2f} | "
+                     f"{count_text(it['params'])} | "
                      f"{it['latency_ms']:.3f} | {vs} | {pct_text(it['accuracy'])} | {met} | {note} |")
     lat = r["iterations"][f["index"]]["latency"]
     lines += [
@@ -86,6 +90,34 @@ def render_report(r: dict[str, Any]) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def precision_lines(r: dict[str, Any]) -> list[str]:
+    """The precision section: what was searched, what was dropped and why, how the shipped graph was made."""
+    p, f = r.get("precision"), r["final"]
+    if not p:
+        return []
+    lines = ["## Precision", "",
+             f"Requested: {p['requested']}; searched: {', '.join(p['searched']) or 'none'}; shipped: "
+             f"**{f.get('precision', 'fp32')}**."]
+    for prec, why in (p.get("dropped") or {}).items():
+        lines.append(f"- {prec} dropped: {why}.")
+    for prec, why in (p.get("left_out") or {}).items():
+        lines.append(f"- {prec} left out: {why}.")
+    q, par = f.get("quantization"), f.get("precision_parity")
+    if q:
+        how = (f"{q['library']} {q['library_version']}"
+               + (f", {q['method']} calibration on {q['calibration_images']} training images, Q/DQ layout "
+                  f"`{q['target']}`, per-channel weights" if q.get("method") else "")
+               + (f", {len(q['excluded_nodes'])} node(s) left fp32" if q.get("excluded_nodes") else "")
+               + (f", op types kept fp32: {', '.join(q['kept_fp32_ops'])}" if q.get("kept_fp32_ops") else ""))
+        lines.append(f"- Shipped graph made with {how}.")
+    if par:
+        tol = par["tolerance"]
+        lines.append(f"- Parity with the fp32 ONNX on {par['samples']} validation images: top-1 agreement "
+                     f"{par['top1_agreement']:.3f} (at least {tol['min_top1_agreement']}), max logit error "
+                     f"{par['max_abs_error_scaled']:.3g} of the largest logit (at most {tol['max_abs_error']}).")
+    return [*lines, ""]
 
 
 def _telemetry_line(t: dict | None) -> str:

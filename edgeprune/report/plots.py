@@ -65,10 +65,13 @@ def accuracy_vs_latency(report: dict[str, Any]) -> bytes:
         _no_data(ax, "accuracy not measured: " + str(its[0].get("accuracy_source") or "no reason recorded"))
     for it, x in points:
         ax.plot([x], [it["accuracy"]], _marker(it), color=_color(it), markersize=10 if it.get("selected") else 7)
-        ax.annotate(str(it["index"]), (x, it["accuracy"]), textcoords="offset points", xytext=(6, 4), fontsize=8)
+        label = str(it["index"]) + (f" {it['precision']}" if it.get("precision", "fp32") != "fp32" else "")
+        ax.annotate(label, (x, it["accuracy"]), textcoords="offset points", xytext=(6, 4), fontsize=8)
     if lat["target"] is not None:
         ax.axvline(lat["target"], color=BUDGET_COLOR, linestyle="--")
-    ax.legend(handles=_legend_handles(ax, budget=lat["target_label"]), fontsize=8, loc="best")
+    precisions = sorted({it.get("precision", "fp32") for it in its} - {"fp32"})
+    ax.legend(handles=_legend_handles(ax, budget=lat["target_label"], precisions=precisions), fontsize=8,
+              loc="best")
     ax.set_xlabel(lat["label"])
     ax.set_ylabel("top-1 accuracy (%)")
     ax.set_title("accuracy vs latency, every attempt (labels: iteration)")
@@ -149,17 +152,24 @@ def _color(it: dict[str, Any]) -> str:
     return MET_COLOR if it.get("budget_met") else OVER_COLOR
 
 
+PRECISION_MARKERS = {"fp32": "o", "fp16": "^", "int8": "D"}
+
+
 def _marker(it: dict[str, Any]) -> str:
-    return "*" if it.get("selected") else ("s" if it["index"] == 0 else "o")
+    if it.get("selected"):
+        return "*"
+    return "s" if it["index"] == 0 else PRECISION_MARKERS.get(it.get("precision", "fp32"), "o")
 
 
-def _legend_handles(ax, budget: str | None = None) -> list:
+def _legend_handles(ax, budget: str | None = None, precisions: list[str] = ()) -> list:
     from matplotlib.lines import Line2D
 
     handles = [Line2D([], [], marker="s", color=BASE_COLOR, linestyle="", label="unpruned"),
                Line2D([], [], marker="o", color=MET_COLOR, linestyle="", label="meets budget"),
                Line2D([], [], marker="o", color=OVER_COLOR, linestyle="", label="over budget"),
                Line2D([], [], marker="*", color="black", linestyle="", markersize=9, label="shipped")]
+    handles += [Line2D([], [], marker=PRECISION_MARKERS.get(p, "o"), color="gray", linestyle="", label=p)
+                for p in precisions]  # reduced-precision attempts by shape (fp32: circles)
     if budget:
         handles.append(Line2D([], [], color=BUDGET_COLOR, linestyle="--", label=budget))
     return handles

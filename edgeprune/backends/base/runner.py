@@ -64,6 +64,16 @@ class Runner(abc.ABC):
         return None
 
     @classmethod
+    def precision_unsupported(cls, precision: str) -> str | None:
+        """None when this runner runs an ONNX that carries `precision` (fp16 tensors, int8 Q/DQ); else why not."""
+        return None
+
+    @classmethod
+    def int8_profile(cls) -> str:
+        """The Q/DQ layout this runtime runs int8 fastest with (export/quantize.QDQ_PROFILES)."""
+        return "tensorrt"
+
+    @classmethod
     def shipped(cls, deployed: "Deployed") -> dict[str, Path]:
         """Files to ship beside model.onnx (artifact name -> file), e.g. a TensorRT engine and its sidecar."""
         return {}

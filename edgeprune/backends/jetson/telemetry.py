@@ -69,6 +69,12 @@ class MonitoredRunner(Runner):
     def shipped(self, deployed: Deployed) -> dict[str, Path]:  # type: ignore[override]
         return self.inner.shipped(deployed)
 
+    def precision_unsupported(self, precision: str) -> str | None:  # type: ignore[override]
+        return self.inner.precision_unsupported(precision)
+
+    def int8_profile(self) -> str:  # type: ignore[override]
+        return self.inner.int8_profile()
+
     def release(self) -> Any:
         return self.inner.release()
 

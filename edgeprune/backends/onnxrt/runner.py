@@ -34,6 +34,11 @@ class OnnxRuntimeRunner(Runner):
         return {"threads": context.threads, "seed": context.seed}
 
     @classmethod
+    def int8_profile(cls) -> str:
+        # ORT's fast integer kernels are U8S8 with its own Q/DQ placement (export/quantize.py, measured there)
+        return "onnxruntime"
+
+    @classmethod
     def host_support(cls, providers: tuple[str, ...], host: Any) -> str | None:
         if host.onnxruntime is None:
             return "onnxruntime is not installed"

@@ -45,6 +45,12 @@ class RemoteRunner(Runner):
     def shipped(self, deployed: Deployed) -> dict[str, Path]:  # type: ignore[override]
         return self.inner.shipped(deployed)
 
+    def precision_unsupported(self, precision: str) -> str | None:  # type: ignore[override]
+        return self.inner.precision_unsupported(precision)
+
+    def int8_profile(self) -> str:  # type: ignore[override]
+        return self.inner.int8_profile()
+
     def available(self) -> str | None:
         return None if not self.session.closed else f"the session on {self.session.target} is closed"
 

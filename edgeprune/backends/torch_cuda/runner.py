@@ -30,6 +30,13 @@ class TorchCudaRunner(Runner):
     def options_for(cls, context: RunContext) -> dict[str, Any]:
         return {"fp16": context.precision == "fp16"}
 
+    @classmethod
+    def precision_unsupported(cls, precision: str) -> str | None:
+        if precision == "fp32":
+            return None
+        return (f"runner torch-cuda times the PyTorch module, not the {precision} ONNX the precision stage makes: "
+                "measure reduced precision with tensorrt or onnxruntime-cuda")
+
     def __init__(self, module=None, fp16: bool = False, cuda_graph: bool = False, device: int = 0,
                  input_shape: Sequence[int] | None = None):
         self.module = module
