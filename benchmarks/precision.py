@@ -7,7 +7,11 @@ int8 is made in both Q/DQ profiles: "tensorrt" (symmetric int8 activations, what
 "onnxruntime" (uint8 activations, ORT's fast CPU kernels). Calibration methods change scales, not the graph,
 so only the trained model gets every method.
 
-    .venv/bin/python benchmarks/precision.py [--blocks 6] [--iters 30] [--out benchmarks/results/precision.json]
+resnet18 is also pruned (ratio 0.5, channel multiple 16, l1) and quantized, all timed side by side with the
+unpruned fp32 model. `--builds` runs whole `edgeprune.build()`s instead (builds.py: `--precision auto` against
+fp32 only); each part rewrites its own key of the one result file.
+
+    .venv/bin/python benchmarks/precision.py [--blocks 6] [--iters 30] [--builds] [--seeds 0 1 2]
 """
 from __future__ import annotations
 
@@ -41,9 +45,15 @@ def main() -> None:
     ap.add_argument("--iters", type=int, default=30)
     ap.add_argument("--calibration", type=int, default=64, help="calibration images (16 at 224 px)")
     ap.add_argument("--out", type=Path, default=RESULT)
+    ap.add_argument("--builds", action="store_true", help="whole builds: --precision auto vs fp32 (slow)")
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
     torch.set_num_threads(1)
+    if args.builds:
+        from precision_builds import run_builds
+
+        return run_builds(args)
     started = time.time()
     rows = []
     with tempfile.TemporaryDirectory(prefix="edgeprune-precision-") as tmp:
@@ -57,15 +67,18 @@ def main() -> None:
                 torch.manual_seed(0)
                 model = getattr(torchvision.models, name)(weights=None).eval()
                 rows += bench_model(name, model, (3, 224, 224), Path(tmp), args, accuracy=False,
-                                    methods=("minmax",), calibration=16)
+                                    methods=("minmax",), calibration=16,
+                                    pruned=0.5 if name == "resnet18" else None)
     import onnxruntime
 
+    previous = json.loads(args.out.read_text()) if args.out.is_file() else {}
     out = {"benchmark": "precision", "runtime": "onnxruntime CPUExecutionProvider", "threads": 1,
            "onnxruntime": onnxruntime.__version__, "torch": torch.__version__, "cpu": platform.processor() or
            platform.machine(), "blocks": args.blocks, "iters_per_block": args.iters,
            "seconds": round(time.time() - started, 1), "rows": rows,
            "command": "PYTHONPATH=. .venv/bin/python benchmarks/precision.py " +
-                      f"--blocks {args.blocks} --iters {args.iters}"}
+                      f"--blocks {args.blocks} --iters {args.iters}",
+           "builds": previous.get("builds")}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(out, indent=1) + "\n")
     print(table(rows))
@@ -82,7 +95,7 @@ def bench_trained_resnet20(tmp: Path, args) -> list[dict]:
 
 
 def bench_model(name: str, model, shape, tmp: Path, args, accuracy: bool, methods, calibration: int,
-                data=None) -> list[dict]:
+                data=None, pruned: float | None = None) -> list[dict]:
     data = data or load_data("digits", shape, seed=0)
     work = tmp / name.split()[0]
     work.mkdir()
@@ -97,6 +110,16 @@ def bench_model(name: str, model, shape, tmp: Path, args, accuracy: bool, method
             path = work / f"int8-{target}-{method}.onnx"
             variants[f"int8 {target} {method}"] = (path, quantize_int8(fp32, path, cal, method,
                                                                        target=target).to_dict())
+    if pruned is not None:  # pruning and int8 together, against the same unpruned fp32 model
+        from edgeprune.pruning.prune import prune_model
+
+        small = prune_model(model, torch.zeros(1, *shape), pruned, 16, "l1").model
+        path = work / "pruned-fp32.onnx"
+        export_onnx(small, shape, 1, path)
+        variants[f"pruned {pruned} fp32"] = (path, {"ratio": pruned, "multiple": 16})
+        q = work / "pruned-int8.onnx"
+        variants[f"pruned {pruned} int8 onnxruntime"] = (q, quantize_int8(path, q, cal, "minmax",
+                                                                          target="onnxruntime").to_dict())
     runner = OnnxRuntimeRunner(threads=1)
     deployed = [runner.prepare(p, work) for p, _ in variants.values()]
     runner.release()

@@ -202,3 +202,32 @@ def test_bad_inputs_raise_one_clear_error(fp32_onnx, digits, tmp_path):
         with pytest.raises(error, match=words) as info:
             call()
         assert "\n" not in info.value.message and ":" in info.value.message
+
+
+def test_a_calibrator_that_fails_is_a_failed_try_and_all_failing_is_one_error(fp32_onnx, digits, tmp_path,
+                                                                               monkeypatch):
+    from edgeprune.export import quantize
+    from edgeprune.export.precision import QuantizationFailed
+
+    real = quantize.quantize_int8
+
+    def entropy_breaks(*args, **kwargs):  # ORT's histogram calibrators raise like this on a degenerate range
+        if args[3] == "entropy":
+            raise ValueError("Too many bins for data range. Cannot create 2048 finite-sized bins.")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(quantize, "quantize_int8", entropy_breaks)
+    result, parity = quantize_int8_within_tolerance(fp32_onnx, tmp_path / "a.onnx", digits[1], digits[2][:1],
+                                                    methods=("entropy", "minmax"))
+    tries = result.settings["attempts"]
+    assert tries[0]["method"] == "entropy" and "Too many bins" in tries[0]["error"] and not tries[0]["ok"]
+    assert parity.ok and result.method == "minmax"
+
+    def all_break(*args, **kwargs):
+        raise RuntimeError("calibrator crashed")
+
+    monkeypatch.setattr(quantize, "quantize_int8", all_break)
+    with pytest.raises(QuantizationFailed, match="no calibration method could quantize this model .*minmax: "
+                                                 "RuntimeError: calibrator crashed.*ship it in fp32 or fp16"):
+        quantize_int8_within_tolerance(fp32_onnx, tmp_path / "b.onnx", digits[1], digits[2][:1],
+                                       methods=("minmax",))

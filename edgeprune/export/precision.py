@@ -227,9 +227,10 @@ def op_counts(model) -> dict[str, int]:
 
 # int8 lives beside this module (quantize.py) and is part of the same public surface.
 from .quantize import (  # noqa: E402
-    CALIBRATION_METHODS, QDQ_PROFILES, int8_layer_sensitivity, quantize_int8, quantize_int8_within_tolerance,
+    CALIBRATION_METHODS, QDQ_PROFILES, QuantizationFailed, int8_layer_sensitivity, quantize_int8, quantize_int8_within_tolerance,
 )
 
 __all__ = ["CALIBRATION_METHODS", "FP16_KEEP_FP32_OPS", "PRECISIONS", "PrecisionParity", "PrecisionResult",
+           "QuantizationFailed",
            "QDQ_PROFILES", "TOLERANCES", "Tolerance", "check_precision_parity", "compare_logits", "convert_fp16",
            "int8_layer_sensitivity", "quantize_int8", "quantize_int8_within_tolerance"]

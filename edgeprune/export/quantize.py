@@ -33,6 +33,10 @@ from .precision import (
 
 log = logging.getLogger(__name__)
 
+
+class QuantizationFailed(ConfigError):
+    """Every calibration method failed on this model (the build drops int8 in auto, or stops in one line)."""
+
 CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
 WEIGHTED_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 
@@ -135,28 +139,44 @@ def quantize_int8_within_tolerance(onnx_fp32: Path, onnx_out: Path, calibration:
     attempts: list[dict[str, Any]] = []
     best: tuple[PrecisionResult, PrecisionParity] | None = None
     with _workdir(None) as work:
-        def attempt(method: str, exclude: Sequence[str]) -> tuple[PrecisionResult, PrecisionParity]:
+        def attempt(method: str, exclude: Sequence[str]) -> bool:
+            """One try; True when within tolerance. A calibrator that fails on this model's activations (ORT's
+            entropy / percentile histograms raise on a degenerate range, e.g. a constant tensor) is a failed try,
+            recorded with its error, not the end of the search."""
             nonlocal best
             path = work / f"try{len(attempts)}.onnx"
-            result = quantize_int8(onnx_fp32, path, calibration, method, exclude, per_channel, target,
-                                   calibration_cache=work / f"calibration-{method}.json")
+            try:
+                result = quantize_int8(onnx_fp32, path, calibration, method, exclude, per_channel, target,
+                                       calibration_cache=work / f"calibration-{method}.json")
+            except ConfigError:
+                raise
+            except Exception as exc:  # noqa: BLE001 -- ORT's calibrators raise plain ValueError/RuntimeError
+                attempts.append({"method": method, "excluded": list(exclude), "ok": False,
+                                 "error": f"{type(exc).__name__}: {str(exc)[:200]}"})
+                return False
             parity = compare_logits(reference, run_onnx(path, validation), "int8", tolerance)
             attempts.append({"method": method, "excluded": list(exclude), "top1_agreement": parity.top1_agreement,
                              "max_abs_error_scaled": parity.max_abs_error_scaled, "ok": parity.ok})
             if best is None or _better(parity, best[1]):
                 best = (result, parity)
-            return result, parity
+            return parity.ok
 
         for method in methods:
-            if attempt(method, ())[1].ok:
+            if attempt(method, ()):
                 break
         else:
-            method = max((a for a in attempts), key=lambda a: (a["top1_agreement"], -a["max_abs_error_scaled"]))
-            ranked = list(int8_layer_sensitivity(onnx_fp32, calibration, validation, method["method"], target,
-                                                 workdir=work))
-            k = 1
-            while k <= min(max_excluded, len(ranked)) and not attempt(method["method"], ranked[:k])[1].ok:
-                k *= 2
+            tried = [a for a in attempts if "error" not in a]
+            if tried:
+                method = max(tried, key=lambda a: (a["top1_agreement"], -a["max_abs_error_scaled"]))
+                ranked = list(int8_layer_sensitivity(onnx_fp32, calibration, validation, method["method"], target,
+                                                     workdir=work))
+                k = 1
+                while k <= min(max_excluded, len(ranked)) and not attempt(method["method"], ranked[:k]):
+                    k *= 2
+        if best is None:
+            raise QuantizationFailed("int8: no calibration method could quantize this model ("
+                                     + "; ".join(f"{a['method']}: {a['error']}" for a in attempts)
+                                     + "): ship it in fp32 or fp16")
         result, parity = best
         Path(onnx_out).parent.mkdir(parents=True, exist_ok=True)
         Path(onnx_out).write_bytes(result.path.read_bytes())

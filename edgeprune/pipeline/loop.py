@@ -14,6 +14,7 @@ from typing import Any
 from ..config import BuildConfig
 from ..errors import BudgetNotMet, ConfigError, ParityError
 from ..export.onnx import export_onnx
+from ..export.precision import QuantizationFailed
 from ..files import StagedOutput
 from ..pruning.allocation import Allocator
 from ..pruning.prune import DEEPEST_RATIO, prunable_widths, prune_model
@@ -94,7 +95,14 @@ def _run(config: BuildConfig, progress: Progress, prof: stages.Profile, out: Pat
             starts[prec] = {}
             continue
         state.precisions[prec] = precision.first_settings(state, prec)
-        record = run_attempt(state, len(measured) + 1, Step(0.0, f"the unpruned model in {prec}"), prec)
+        try:
+            record = run_attempt(state, len(measured) + 1, Step(0.0, f"the unpruned model in {prec}"), prec)
+        except QuantizationFailed as exc:
+            if config.precision != "auto":
+                raise
+            dropped[prec] = exc.message
+            state.progress.stage("precision", f"{prec} dropped: {exc.message}")
+            continue
         starts[prec] = constraints.values(record, state.budgets)
         why = precision.dropped_reason(prec, record, prof.runner.name) if config.precision == "auto" else None
         measured.append(_measured(state, record, 0.0, None, starts[prec], dropped=why is not None))

@@ -18,7 +18,7 @@ import numpy as np
 from ..errors import ConfigError, RuntimeUnavailable
 from ..export.onnx import ExportResult
 from ..export.precision import (
-    CALIBRATION_METHODS, PRECISIONS, compare_logits, convert_fp16, quantize_int8,
+    CALIBRATION_METHODS, PRECISIONS, QuantizationFailed, compare_logits, convert_fp16, quantize_int8,
     quantize_int8_within_tolerance, run_onnx,
 )
 
@@ -108,11 +108,20 @@ def convert(state: "BuildState", fp32: "Exported", settings: PrecisionSettings, 
         result = convert_fp16(src, dst)
         parity = compare_logits(reference, run_onnx(dst, val), "fp16")
     elif p == "int8":
-        result = quantize_int8(src, dst, state.calibration, settings.method, settings.excluded,
-                               target=settings.target)
-        parity = compare_logits(reference, run_onnx(dst, val), "int8")
-        if not parity.ok and fix:
-            log.info("int8 misses parity (top-1 agreement %.3f): trying the cheap fixes", parity.top1_agreement)
+        try:
+            result = quantize_int8(src, dst, state.calibration, settings.method, settings.excluded,
+                                   target=settings.target)
+            parity = compare_logits(reference, run_onnx(dst, val), "int8")
+        except ConfigError:
+            raise
+        except Exception as exc:  # noqa: BLE001 -- ORT's calibrators raise plain errors on degenerate ranges
+            if not fix:
+                raise QuantizationFailed(f"int8 ({settings.method} calibration) failed on this model: "
+                                         f"{type(exc).__name__}: {str(exc)[:200]}") from None
+            result, parity = None, None
+        if (parity is None or not parity.ok) and fix:
+            log.info("int8 misses parity (%s): trying the cheap fixes",
+                     "failed" if parity is None else f"top-1 agreement {parity.top1_agreement:.3f}")
             methods = [settings.method, *(m for m in CALIBRATION_METHODS if m != settings.method)]
             result, parity = quantize_int8_within_tolerance(src, dst, state.calibration, val, methods,
                                                             target=settings.target)
