@@ -83,6 +83,7 @@ class BuildConfig:
     calibration_method: str = "minmax"  # minmax | entropy | percentile (int8 activations)
     calibration_images: int = 256
     out: str = "out"
+    resume: bool = False  # continue the interrupted build of `out` from its checkpoint (pipeline/resume.py)
     overwrite: bool = True
     remote: str | None = None  # user@host[:port] (or a ~/.ssh/config host): measure there over SSH
     remote_python: str = "python3"  # the far side's Python, with edgeprune installed

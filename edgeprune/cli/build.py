@@ -45,6 +45,8 @@ from .progress import progress_for, summary_line
 @click.option("--calibration-images", type=int, help="Training images that calibrate int8.  [default: 256]")
 @click.option("--seed", type=int, help="Seed for data split, training and fine-tuning.  [default: 0]")
 @click.option("--out", type=click.Path(file_okay=False), help="Output directory.  [default: out]")
+@click.option("--resume", is_flag=True, default=None,
+              help="Continue the interrupted build of --out from its last finished attempt (same options).")
 @remote_options
 @click.option("--remote-dir", help="Directory on the far side to work in (a temporary one inside it, removed after).  [default: its temp directory]")
 @click.option("--quiet", "-q", is_flag=True, help="Print nothing but errors.")

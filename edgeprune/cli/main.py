@@ -32,7 +32,8 @@ class _Group(click.Group):
             click.echo(f"edgeprune: error: {exc.format_message()}{where}", err=True)
             ctx.exit(exc.exit_code)
         except KeyboardInterrupt:
-            click.echo("edgeprune: interrupted; nothing was written to the output directory", err=True)
+            click.echo("edgeprune: interrupted; nothing was written to the output directory (a build continues "
+                       "from its last finished attempt with --resume)", err=True)
             ctx.exit(130)
 
 

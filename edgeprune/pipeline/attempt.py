@@ -41,6 +41,7 @@ class BuildState:
     exports: dict[int, stages.Exported] = field(default_factory=dict)
     precisions: dict[str, precision.PrecisionSettings] = field(default_factory=dict)  # searched, with settings
     precision_report: dict[str, Any] = field(default_factory=dict)  # what report.json says of the precisions
+    checkpoint: Any = None  # resume.Checkpoint: every finished attempt is saved there
     t0: float = field(default_factory=time.perf_counter)
     _calibration: list | None = None
     _validation: list | None = None
@@ -150,6 +151,42 @@ def run_attempt(state: BuildState, index: int, step: Step, prec: str = "fp32") -
     rec["checks"] = constraints.checks(rec, state.budgets, rec["latency_ratio"]["ratio"])
     rec["budget_met"] = all(rec["checks"].values())
     rec["summary"] = constraints.summary(rec)
+    state.progress.iteration(rec)
+    return rec
+
+
+def attempt(state: BuildState, index: int, step: Step, prec: str = "fp32") -> dict[str, Any]:
+    """run_attempt, or with --resume the checkpointed attempt restored; checkpointed once finished."""
+    ckpt = state.checkpoint
+    saved = ckpt.restorable(index, step.ratio, prec) if ckpt is not None and ckpt.same_machine else None
+    if saved is not None:
+        rec = restore_attempt(state, index, step, saved)
+    else:
+        rec = run_attempt(state, index, step, prec)
+    if ckpt is not None:
+        ckpt.save(state, index, step.ratio, rec, weights=step.ratio > 0)
+    return rec
+
+
+def restore_attempt(state: BuildState, index: int, step: Step, saved: dict[str, Any]) -> dict[str, Any]:
+    """A checkpointed attempt as if it had just run: its record, its pruned model and its ONNX, prepared."""
+    from ..export.onnx import ExportResult, Parity
+
+    state.progress.stage("resume", f"iteration {index}: restored from the checkpoint")
+    weights, files = state.checkpoint.restore_files(index, state.work)
+    rec = saved["record"]
+    if step.ratio == 0.0:
+        model = state.prep.model.module
+    else:
+        model = prune_model(state.prep.model.module, state.example, 0.0, state.multiple, state.config.criterion,
+                            widths=state.allocator.widths(step.ratio)).model
+        model.load_state_dict(weights)
+    path = files[saved["onnx"]]
+    exported = stages.Exported(ExportResult(path=path, **rec["export"]), Parity(**rec["parity"]),
+                               state.prof.runner.prepare(path, path.parent), precision=rec["precision"],
+                               quantization=rec["quantization"], precision_parity=rec["precision_parity"])
+    state.models[index], state.exports[index] = model, exported
+    state.iterations.append(rec)
     state.progress.iteration(rec)
     return rec
 

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 
+from ..backends.base.stats import LatencyStats
 from ..config import BuildConfig
 from ..errors import BudgetNotMet, ConfigError, ParityError
 from ..export.onnx import export_onnx
@@ -22,7 +23,8 @@ from ..pruning.recover import accuracy_torch, recalibrate_bn
 from ..registry import POLICIES
 from . import constraints, precision, stages
 from .artifacts import BuildResult, write_artifacts
-from .attempt import BuildState, Progress, make_record, run_attempt
+from .attempt import BuildState, Progress, attempt, make_record
+from .resume import Checkpoint
 from .policies import Measured, Policy, Step, Stop
 
 log = logging.getLogger(__name__)
@@ -43,6 +45,7 @@ def build(config: BuildConfig | None = None, progress: Progress | None = None, *
     best attempt, marked as not meeting the budget) when it is not; any other error leaves no artifacts."""
     config = (config or BuildConfig()).replace(**overrides) if overrides else (config or BuildConfig())
     progress = progress or _LogProgress()
+    checkpoint = Checkpoint.open(config)  # --resume: a missing or mismatched checkpoint fails here, first
     staged = StagedOutput(Path(config.out), overwrite=config.overwrite)
     work = Path(tempfile.mkdtemp(prefix="edgeprune-work-"))
     prof = None
@@ -51,13 +54,17 @@ def build(config: BuildConfig | None = None, progress: Progress | None = None, *
             progress.stage("profile", f"device {config.device}"
                            + (f" on {config.remote} over SSH" if config.remote else ""))
             prof = stages.profile_stage(config, work)
-            result = _run(config, progress, prof, staged.path, work)
+            checkpoint.bind(prof)
+            result = _run(config, progress, prof, staged.path, work, checkpoint)
         finally:
             if prof is not None:
                 prof.runner.close()  # a remote session ends here, success or not
         result.out = staged.commit(result.report["manifest"])
-    except BaseException:
+        checkpoint.finish()  # the build is whole: nothing left to resume
+    except BaseException as exc:
         staged.discard()
+        if not isinstance(exc, (KeyboardInterrupt, SystemExit)):  # only an interrupted build is resumed
+            checkpoint.finish()
         raise
     finally:
         shutil.rmtree(work, ignore_errors=True)
@@ -71,10 +78,12 @@ def build(config: BuildConfig | None = None, progress: Progress | None = None, *
     return result
 
 
-def _run(config: BuildConfig, progress: Progress, prof: stages.Profile, out: Path, work: Path) -> BuildResult:
+def _run(config: BuildConfig, progress: Progress, prof: stages.Profile, out: Path, work: Path,
+         checkpoint: Checkpoint | None = None) -> BuildResult:
     progress.stage("model", f"{config.model} on {config.data}")
     prep = stages.model_stage(config, lambda msg: progress.stage("train", msg))
-    state = BuildState(config, progress, work, prof, prep, config.channel_multiple or prof.device.channel_multiple)
+    state = BuildState(config, progress, work, prof, prep, config.channel_multiple or prof.device.channel_multiple,
+                       checkpoint=checkpoint)
     base = prep.model.module
     state.full_widths = prunable_widths(base, state.example)  # raises, naming why, when nothing can be pruned
 
@@ -83,6 +92,8 @@ def _run(config: BuildConfig, progress: Progress, prof: stages.Profile, out: Pat
         state.calibration  # noqa: B018 -- read now: too few calibration images fails before any measuring
     baseline = _baseline(state)
     state.allocator = _allocator(state)
+    if checkpoint is not None:
+        checkpoint.save(state, 0, 0.0, baseline, weights=False)
     policy_name = config.effective_policy
     # Attempts are (pruning ratio, precision). Each reduced precision is tried on the unpruned model first; in
     # `auto` one slower than fp32 there (or missing parity) is dropped with its figures. Each precision left
@@ -96,7 +107,7 @@ def _run(config: BuildConfig, progress: Progress, prof: stages.Profile, out: Pat
             continue
         state.precisions[prec] = precision.first_settings(state, prec)
         try:
-            record = run_attempt(state, len(measured) + 1, Step(0.0, f"the unpruned model in {prec}"), prec)
+            record = attempt(state, len(measured) + 1, Step(0.0, f"the unpruned model in {prec}"), prec)
         except QuantizationFailed as exc:
             if config.precision != "auto":
                 raise
@@ -116,7 +127,7 @@ def _run(config: BuildConfig, progress: Progress, prof: stages.Profile, out: Pat
         history: list[Measured] = []
         step = policy.first_step()
         while isinstance(step, Step):
-            record = run_attempt(state, len(measured) + 1, step, prec)
+            record = attempt(state, len(measured) + 1, step, prec)
             history.append(_measured(state, record, step.ratio, policy, starts[prec]))
             measured.append(history[-1])
             step = policy.next_step([policy.observe(m) for m in history])
@@ -140,7 +151,12 @@ def _baseline(state: BuildState) -> dict[str, Any]:
     base = state.prep.model.module
     state.models[0] = base
     state.exports[0] = state.export(base, 0)
-    stats = state.prof.runner.measure(state.exports[0].deployed, *state.measure_args())
+    saved = state.checkpoint.baseline() if state.checkpoint is not None else None
+    if saved is not None:  # --resume on the same device and runtime: the budgets stay what they were
+        state.progress.stage("resume", "the baseline's measurement restored from the checkpoint")
+        stats = LatencyStats.from_dict(saved["latency"])
+    else:
+        stats = state.prof.runner.measure(state.exports[0].deployed, *state.measure_args())
     latency = stats.percentile(cfg.percentile)
     target_ms = cfg.budget.target_ms(latency) if cfg.budget else None
     state.budgets = constraints.Budgets(
@@ -213,6 +229,12 @@ def _check_accuracy_constraint(state: BuildState, baseline: dict[str, Any]) -> N
 
 def _allocator(state: BuildState) -> Allocator:
     cfg, data = state.config, state.prep.data
+    saved = state.checkpoint.allocator() if state.checkpoint is not None else None
+    if saved is not None and cfg.allocation in ("sensitivity", "latency"):  # measured before: reused on resume
+        alloc = Allocator(state.prep.model.module, state.example, state.multiple, "uniform", cfg.criterion)
+        alloc.allocation, alloc.scales = cfg.allocation, {k: float(v) for k, v in saved["scales"].items()}
+        alloc.sensitivity, alloc.latency_saving = saved.get("sensitivity") or {}, saved.get("latency_saving") or {}
+        return alloc
     can_score = state.prep.accuracy_available is None
     return Allocator(state.prep.model.module, state.example, state.multiple, cfg.allocation, cfg.criterion,
                      batches=data.labeled_batches(),
