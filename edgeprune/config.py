@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,6 +44,8 @@ def parse_budget(text: str | float) -> LatencyBudget:
             "or milliseconds like '2.5ms'"
         )
     value, unit = float(m.group(1)), m.group(2) or "ms"
+    if not math.isfinite(value):  # '1e999ms' reads as inf: a target no measurement can compare with
+        raise ConfigError(f"latency budget {text!r} is not a finite number: write e.g. '0.5x' or '2.5ms'")
     if value <= 0:
         raise ConfigError(f"latency budget {text!r} must be greater than zero")
     return LatencyBudget("relative" if unit == "x" else "absolute", value)
@@ -85,6 +88,7 @@ class BuildConfig:
     out: str = "out"
     resume: bool = False  # continue the interrupted build of `out` from its checkpoint (pipeline/resume.py)
     overwrite: bool = True
+    force: bool = False  # replace a non-empty --out that edgeprune did not write (files.check_replaceable)
     remote: str | None = None  # user@host[:port] (or a ~/.ssh/config host): measure there over SSH
     remote_python: str = "python3"  # the far side's Python, with edgeprune installed
     remote_dir: str | None = None  # where the far side works (a temporary directory inside it, removed after)
@@ -169,6 +173,8 @@ class BuildConfig:
                 value = float(value)
             except (TypeError, ValueError):
                 raise ConfigError(f"{name.replace('_', '-')} must be a number, got {value!r}") from None
+            if not math.isfinite(value):  # NaN compares false with everything: it would pass every check
+                raise ConfigError(f"{name.replace('_', '-')} must be a finite number, got {value!r}")
             if value < 0 or (name == "memory_budget_mb" and value == 0):
                 raise ConfigError(f"{name.replace('_', '-')} must be {'positive' if name == 'memory_budget_mb' else 'zero or more'}, got {value}")
             object.__setattr__(self, name, value)
@@ -244,7 +250,7 @@ def _as_int(name: str, value: Any) -> int:
         if isinstance(value, bool) or float(value) != int(float(value)):
             raise ValueError
         return int(float(value))
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):  # OverflowError: int(inf)
         raise ConfigError(f"{name.replace('_', '-')} must be a whole number, got {value!r}") from None
 
 

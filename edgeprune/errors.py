@@ -32,3 +32,15 @@ class BudgetNotMet(EdgepruneError):
     """The loop ended without meeting the budget; the best attempt is kept and marked."""
 
     exit_code = 3
+
+
+class OutOfSpace(EdgepruneError):
+    """The disk filled up while writing: what was being written is removed, never left looking complete."""
+
+
+class UnsafeArtifact(EdgepruneError):
+    """A manifest or a path that points outside its artifact directory, or a manifest that cannot be read."""
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where the build is so that it unwinds as on Ctrl-C (staging removed, one line)."""

@@ -1,32 +1,52 @@
-"""Artifacts are written into a staging directory beside --out and moved into place in one rename, so an
-interrupted or failed run never leaves a directory that looks complete."""
+"""Writing files safely: the one atomic write of the package, the staged output directory, and containment.
+
+Artifacts are written into a staging directory beside --out and moved into place in one rename, so an
+interrupted or failed run never leaves a directory that looks complete. Only a directory edgeprune wrote (its
+manifest.json says so and lists everything in it) is ever replaced; commits to one --out from several processes
+are serialised by a lock; the staging directories of builds that died (SIGKILL, power loss) carry their pid in
+their name and are swept by the next build.
+"""
 from __future__ import annotations
 
+import errno
+import fcntl
 import hashlib
 import json
 import os
+import re
 import shutil
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
-from .errors import ConfigError
+from .errors import ConfigError, OutOfSpace, UnsafeArtifact
 
 MANIFEST = "manifest.json"
+WORK_PREFIX = "edgeprune-work-"
+# A directory that holds one of these is somebody's project: never replaced, even with --force.
+_PROJECT_MARKERS = (".git", ".hg", ".svn")
+_NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
 
 
 class StagedOutput:
-    """A staging directory that becomes `target` only on `commit()`; removed on `discard()`."""
+    """A staging directory that becomes `target` only on `commit()`; removed on `discard()`.
 
-    def __init__(self, target: Path, overwrite: bool = True):
+    `target` may be absent, empty, or a directory edgeprune wrote; anything else is refused unless `force`
+    (and a project directory, the working directory, the home directory or a filesystem root always)."""
+
+    def __init__(self, target: Path, overwrite: bool = True, force: bool = False):
         self.target = Path(target).resolve()
-        if self.target.exists() and not self.target.is_dir():
-            raise ConfigError(f"output path {self.target} is a file: choose a directory with --out")
-        if self.target.exists() and not overwrite and any(self.target.iterdir()):
+        self.force = force
+        if self.target.exists() and not overwrite and self.target.is_dir() and any(self.target.iterdir()):
             raise ConfigError(f"output directory {self.target} is not empty: remove it or allow overwriting")
+        check_replaceable(self.target, force)  # fails before any work starts
         try:
             self.target.parent.mkdir(parents=True, exist_ok=True)
-            self.path = Path(tempfile.mkdtemp(prefix=f".{self.target.name}.partial-", dir=self.target.parent))
+            with _locked(self.target.parent):
+                sweep_dead_staging(self.target)
+            self.path = Path(tempfile.mkdtemp(prefix=f".{self.target.name}.partial-{os.getpid()}-",
+                                              dir=self.target.parent))
             self.path.chmod(0o777 & ~_umask())  # mkdtemp makes it private; the artifacts are not secrets
         except OSError as exc:
             raise ConfigError(f"output directory {self.target} is not writable ({exc.strerror}): "
@@ -35,16 +55,210 @@ class StagedOutput:
     def commit(self, manifest_extra: dict[str, Any]) -> Path:
         write_json(self.path / MANIFEST, {**manifest_extra, "files": file_hashes(self.path, exclude={MANIFEST})})
         old = None
-        if self.target.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{self.target.name}.old-", dir=self.target.parent))
-            os.replace(self.target, old / "previous")
-        os.replace(self.path, self.target)
+        # Two renames are not one: without the lock a second committer could move the target away between them
+        # (FileNotFoundError) or put one back (ENOTEMPTY). A dead committer's half-done swap is repaired by the
+        # sweep, which runs under the same lock.
+        with _locked(self.target.parent):
+            sweep_dead_staging(self.target)
+            check_replaceable(self.target, self.force)  # it may have changed while the build ran
+            if self.target.exists():
+                old = Path(tempfile.mkdtemp(prefix=f".{self.target.name}.old-{os.getpid()}-",
+                                            dir=self.target.parent))
+                os.replace(self.target, old / "previous")
+            os.replace(self.path, self.target)
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
         return self.target
 
     def discard(self) -> None:
         shutil.rmtree(self.path, ignore_errors=True)
+
+
+def check_replaceable(target: Path, force: bool = False) -> None:
+    """Raise ConfigError unless `target` is absent, empty, or an output directory edgeprune wrote."""
+    target = Path(target).resolve()
+    if not target.exists():
+        return
+    if not target.is_dir():
+        raise ConfigError(f"output path {target} is a file: choose a directory with --out")
+    entries = sorted(p.name for p in target.iterdir())
+    if not entries:
+        return
+    home, cwd = Path.home().resolve(), Path.cwd().resolve()
+    protected = ("the working directory" if target == cwd else "a parent of the working directory"
+                 if target in cwd.parents else "the home directory" if target == home
+                 else "a filesystem root" if target.parent == target
+                 else "a project directory (it holds " + next(m for m in _PROJECT_MARKERS if m in entries) + ")"
+                 if any(m in entries for m in _PROJECT_MARKERS) else None)
+    if protected:
+        raise ConfigError(f"--out {target} is {protected}, which a build would replace whole: "
+                          "choose a new directory for --out (--force does not apply here)")
+    if force:
+        return
+    foreign = _not_written_by_edgeprune(target, entries)
+    if foreign:
+        shown = ", ".join(foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")
+        raise ConfigError(f"output directory {target} holds files edgeprune did not write ({shown}): choose "
+                          "another --out, or pass --force to replace the directory and everything in it")
+
+
+def _not_written_by_edgeprune(target: Path, entries: list[str]) -> list[str]:
+    """The entries of `target` that its manifest does not account for (all of them without an edgeprune one)."""
+    try:
+        manifest = json.loads((target / MANIFEST).read_text(encoding="utf-8"))
+        tool = manifest.get("tool") or {}
+        listed = manifest["files"]
+        if tool.get("name") != "edgeprune" or not isinstance(listed, dict):
+            raise ValueError
+    except (OSError, ValueError, AttributeError, KeyError, TypeError, RecursionError):
+        return entries
+    tops = {str(name).split("/", 1)[0] for name in listed} | {MANIFEST}
+    return [e for e in entries if e not in tops]
+
+
+# -- staging directories of dead builds -------------------------------------------------------------------------
+
+def work_dir(prefix: str = WORK_PREFIX) -> Path:
+    """A fresh scratch directory in the temp folder, named with this pid; those of dead builds are swept first."""
+    root = Path(tempfile.gettempdir())
+    pattern = re.compile(rf"^{re.escape(prefix)}(\d+)-")
+    for p in _dead(root, pattern):
+        shutil.rmtree(p, ignore_errors=True)
+    return Path(tempfile.mkdtemp(prefix=f"{prefix}{os.getpid()}-", dir=root))
+
+
+def sweep_dead_staging(target: Path) -> list[Path]:
+    """Remove the `.NAME.partial-PID-*` / `.NAME.old-PID-*` directories of builds no longer running; a dead
+    commit that had moved the previous output aside without putting the new one in its place gets it back.
+    Call under `_locked(target.parent)`."""
+    target = Path(target)
+    pattern = re.compile(rf"^\.{re.escape(target.name)}\.(?:partial|old)-(\d+)-")
+    swept = []
+    for p in _dead(target.parent, pattern):
+        previous = p / "previous"
+        if ".old-" in p.name and not target.exists() and previous.is_dir():
+            os.replace(previous, target)
+        shutil.rmtree(p, ignore_errors=True)
+        swept.append(p)
+    return swept
+
+
+def _dead(root: Path, pattern: re.Pattern) -> list[Path]:
+    out = []
+    try:
+        candidates = list(root.iterdir())
+    except OSError:
+        return out
+    for p in candidates:
+        m = pattern.match(p.name)
+        try:
+            mine = p.is_dir() and not p.is_symlink() and p.stat().st_uid == os.getuid()
+        except OSError:
+            continue
+        if m and mine and not _alive(int(m.group(1))):
+            out.append(p)
+    return out
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # somebody else's process: alive
+        return True
+    except OverflowError:
+        return False
+    try:  # a killed process its parent has not reaped yet still answers signal 0
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+    except (OSError, IndexError):
+        return True
+
+
+@contextmanager
+def _locked(directory: Path) -> Iterator[None]:
+    """An exclusive flock on `directory` itself: no lock file to leave behind, released if the process dies."""
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing releases the lock
+
+
+# -- atomic writes ----------------------------------------------------------------------------------------------
+
+@contextmanager
+def atomic_path(path: Path) -> Iterator[Path]:
+    """A temporary path beside `path` for the caller (or a library, or a subprocess) to write; renamed onto
+    `path` when the block ends without error, removed when it fails. Readers see the old file or the new one,
+    never a part. A full disk is an OutOfSpace error naming the file."""
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        os.close(fd)
+    except OSError as exc:
+        _raise_no_space(exc, path)
+        raise
+    try:
+        yield Path(tmp)
+        fd = os.open(tmp, os.O_RDONLY)
+        try:
+            os.fsync(fd)  # the bytes reach the disk before the name points at them
+        finally:
+            os.close(fd)
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes it private; what edgeprune writes is not secret
+        os.replace(tmp, path)
+    except BaseException as exc:
+        Path(tmp).unlink(missing_ok=True)
+        if isinstance(exc, OSError):
+            _raise_no_space(exc, path)
+        raise
+
+
+def atomic_write_bytes(path: Path, data: bytes | bytearray | memoryview) -> None:
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+        fh.write(data)
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def write_json(path: Path, obj: Any) -> None:
+    """Write JSON atomically."""
+    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=json_default) + "\n")
+
+
+def _raise_no_space(exc: OSError, path: Path) -> None:
+    if exc.errno in _NO_SPACE:
+        raise OutOfSpace(f"no space left on the device writing {path}: free some space (or choose another "
+                         "--out) and run again") from None
+
+
+# -- reading back -----------------------------------------------------------------------------------------------
+
+def inside(directory: str | Path, name: str) -> Path:
+    """directory/name, refused (UnsafeArtifact) when it resolves outside the directory, symlinks included."""
+    root = Path(directory).resolve()
+    path = (root / name).resolve()
+    if path != root and root not in path.parents:
+        raise UnsafeArtifact(f"{Path(directory) / name} resolves outside the artifact directory {root} "
+                             f"(to {path}): refusing to read it")
+    return path
+
+
+def verify_manifest(directory: Path) -> list[str]:
+    """Files whose bytes no longer match manifest.json (missing ones included); empty when intact. A name that
+    leads outside `directory` is refused (UnsafeArtifact) before anything is read."""
+    manifest = json.loads(inside(directory, MANIFEST).read_text())
+    bad = []
+    for rel, info in manifest["files"].items():
+        p = inside(directory, rel)
+        if not p.is_file() or sha256_file(p) != info["sha256"]:
+            bad.append(rel)
+    return bad
 
 
 def file_hashes(root: Path, exclude: set[str] = frozenset()) -> dict[str, dict[str, Any]]:
@@ -62,28 +276,6 @@ def sha256_file(path: Path) -> str:
         for chunk in iter(lambda: fh.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
-
-
-def write_json(path: Path, obj: Any) -> None:
-    """Write JSON atomically (temp file in the same directory, then rename)."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "w") as fh:
-        json.dump(obj, fh, indent=2, sort_keys=False, default=json_default)
-        fh.write("\n")
-    os.chmod(tmp, 0o666 & ~_umask())
-    os.replace(tmp, path)
-
-
-def verify_manifest(directory: Path) -> list[str]:
-    """Files whose bytes no longer match manifest.json (missing ones included); empty when intact."""
-    manifest = json.loads((Path(directory) / MANIFEST).read_text())
-    bad = []
-    for rel, info in manifest["files"].items():
-        p = Path(directory) / rel
-        if not p.is_file() or sha256_file(p) != info["sha256"]:
-            bad.append(rel)
-    return bad
 
 
 def _umask() -> int:

@@ -320,7 +320,10 @@ def previous_out(built, tmp_path):
 
 @pytest.mark.slow
 def test_a_finished_build_replaces_the_previous_output(previous_out):
-    (previous_out / "stale.txt").write_text("from an older build")
+    (previous_out / "stale.txt").write_text("from an older build")  # listed in its manifest: edgeprune's own
+    manifest = json.loads((previous_out / "manifest.json").read_text())
+    manifest["files"]["stale.txt"] = {"sha256": sha256(previous_out / "stale.txt")}
+    (previous_out / "manifest.json").write_text(json.dumps(manifest))
     result = edgeprune.build(fast(previous_out, latency_budget="2x"))  # the unpruned model meets it: no attempts
     assert result.budget_met is True
     assert {p.name for p in previous_out.iterdir()} == ARTIFACTS

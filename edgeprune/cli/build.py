@@ -1,6 +1,7 @@
 """`edgeprune build`: prune, export, measure and loop until the budgets are met."""
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import click
@@ -47,6 +48,9 @@ from .progress import progress_for, summary_line
 @click.option("--out", type=click.Path(file_okay=False), help="Output directory.  [default: out]")
 @click.option("--resume", is_flag=True, default=None,
               help="Continue the interrupted build of --out from its last finished attempt (same options).")
+@click.option("--force", is_flag=True, default=None,
+              help="Replace --out even when it holds files edgeprune did not write (never a project, home or "
+                   "working directory).")
 @remote_options
 @click.option("--remote-dir", help="Directory on the far side to work in (a temporary one inside it, removed after).  [default: its temp directory]")
 @click.option("--quiet", "-q", is_flag=True, help="Print nothing but errors.")
@@ -58,6 +62,8 @@ def build(config_file: str | None, latency_budget_ms: float | None, quiet: bool,
     from ..pipeline.loop import build as run_build
 
     if latency_budget_ms is not None:
+        if not math.isfinite(latency_budget_ms) or latency_budget_ms <= 0:
+            raise ConfigError(f"latency-budget-ms must be a finite number above zero, got {latency_budget_ms}")
         if flags.get("latency_budget"):
             raise ConfigError("give either --latency-budget or --latency-budget-ms, not both")
         flags["latency_budget"] = f"{latency_budget_ms}ms"

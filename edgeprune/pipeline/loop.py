@@ -6,7 +6,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +15,7 @@ from ..config import BuildConfig
 from ..errors import BudgetNotMet, ConfigError, ParityError
 from ..export.onnx import export_onnx
 from ..export.precision import QuantizationFailed
-from ..files import StagedOutput
+from ..files import StagedOutput, work_dir
 from ..pruning.allocation import Allocator
 from ..pruning.prune import DEEPEST_RATIO, prunable_widths, prune_model
 from ..pruning.recover import accuracy_torch, recalibrate_bn
@@ -46,8 +45,8 @@ def build(config: BuildConfig | None = None, progress: Progress | None = None, *
     config = (config or BuildConfig()).replace(**overrides) if overrides else (config or BuildConfig())
     progress = progress or _LogProgress()
     checkpoint = Checkpoint.open(config)  # --resume: a missing or mismatched checkpoint fails here, first
-    staged = StagedOutput(Path(config.out), overwrite=config.overwrite)
-    work = Path(tempfile.mkdtemp(prefix="edgeprune-work-"))
+    staged = StagedOutput(Path(config.out), overwrite=config.overwrite, force=config.force)
+    work = work_dir()  # named with this pid: a later build sweeps it if this one is killed
     prof = None
     try:
         try:

@@ -5,7 +5,6 @@ import hashlib
 import json
 import logging
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -17,6 +16,7 @@ from torch import nn
 from ..config import BuildConfig
 from ..data import DataBundle, load_data
 from ..errors import ParityError, RuntimeUnavailable
+from ..files import atomic_path
 from ..export.onnx import ExportResult, Parity, check_parity, export_onnx
 from ..models import LoadedModel, load_model
 from ..models.zoo import ZOO
@@ -156,11 +156,8 @@ def train_cached(loaded: LoadedModel, data: DataBundle, epochs: int, seed: int,
     train(loaded.module, data, epochs, seed=seed,
           progress=(lambda e, n, loss: progress(f"training {loaded.name} on {data.name}: epoch {e}/{n}, "
                                                 f"loss {loss:.3f}")) if progress else None)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    os.close(fd)
-    torch.save(loaded.module.state_dict(), tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:  # a full disk or a kill leaves no half-written cache entry
+        torch.save(loaded.module.state_dict(), tmp)
     return {**key, "cache": str(path), "cached": False}
 
 

@@ -10,15 +10,13 @@ import base64
 import html
 import json
 import logging
-import os
-import tempfile
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError
-from ..files import MANIFEST, file_hashes, write_json
+from ..files import MANIFEST, atomic_write_text, file_hashes, write_json
 from . import plots
 from .manifest import UnsafeArtifact, inside, modified_files
 from .markdown import count_text, num_text, pct_text, render_report, verdict_text
@@ -61,8 +59,8 @@ def write_reports(out_dir: str | Path) -> Written:
                             + ", ".join(modified_before))
     else:
         warnings.append("no manifest.json in the directory: wrote the reports without one")
-    _write_text_atomic(out / "report.md", md)
-    _write_text_atomic(out / "report.html", page)
+    atomic_write_text(out / "report.md", md)
+    atomic_write_text(out / "report.html", page)
     if has_manifest:
         update_manifest(out, list(REPORT_FILES), by="edgeprune report")
     return Written(out, list(REPORT_FILES), has_manifest, modified_before, warnings)
@@ -190,16 +188,6 @@ def _table(rows: list[tuple[str, ...]], numeric_from: int = 1, numeric_to: int |
         out.append("<tr>" + "".join(f"<td{cls(i)}>{_e(c)}</td>" for i, c in enumerate(row)) + "</tr>")
     out.append("</table>")
     return "\n".join(out)
-
-
-def _write_text_atomic(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "w", encoding="utf-8") as fh:
-        fh.write(text)
-    mask = os.umask(0)
-    os.umask(mask)
-    os.chmod(tmp, 0o666 & ~mask)
-    os.replace(tmp, path)
 
 
 def _e(x: Any) -> str:

@@ -10,24 +10,10 @@ import json
 from pathlib import Path
 from typing import Any
 
-from ..errors import EdgepruneError
-from ..files import MANIFEST, verify_manifest
+from ..errors import UnsafeArtifact
+from ..files import MANIFEST, inside, verify_manifest
 
-
-class UnsafeArtifact(EdgepruneError):
-    """A manifest or a path that points outside its artifact directory, or a manifest that cannot be read."""
-
-    exit_code = 2
-
-
-def inside(directory: str | Path, name: str) -> Path:
-    """directory/name, refused (UnsafeArtifact) when it resolves outside the directory, symlinks included."""
-    root = Path(directory).resolve()
-    path = (root / name).resolve()
-    if path != root and root not in path.parents:
-        raise UnsafeArtifact(f"{Path(directory) / name} resolves outside the artifact directory {root} "
-                             f"(to {path}): refusing to read it")
-    return path
+__all__ = ["UnsafeArtifact", "inside", "modified_files", "read_manifest"]
 
 
 def read_manifest(directory: str | Path) -> dict[str, Any] | None:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import collections
 import json
 import logging
-import os
 import re
 import shutil
 import subprocess
@@ -172,19 +171,15 @@ class SshSession:
         """Copy a far file here, in place only once complete and matching `sha256`."""
         from ...files import sha256_file
 
+        from ...files import atomic_path
+
         local = Path(local)
-        local.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{local.name}.", suffix=".part", dir=local.parent)
-        os.close(fd)
-        try:
-            self._copy(Path(tmp), remote_file, to_far=False,
+        with atomic_path(local) as tmp:  # in place only once complete and matching
+            self._copy(tmp, remote_file, to_far=False,
                        what=f"bringing {Path(remote_file).name} back from {self.target}")
-            if sha256_file(Path(tmp)) != sha256:
+            if sha256_file(tmp) != sha256:
                 raise RuntimeUnavailable(f"the copy of {Path(remote_file).name} from {self.target} is incomplete "
                                          "(sha256 differs): the connection broke during the copy; run again")
-            os.replace(tmp, local)
-        finally:
-            Path(tmp).unlink(missing_ok=True)
         return local
 
     def _copy(self, local: Path, remote_file: str, to_far: bool, what: str) -> None:

@@ -19,7 +19,8 @@ from .api import (add_optimization_profile, create, cuda_device_identity, import
 from .onnx_info import OnnxInfo, inspect_onnx, rechunk
 from .plan import (MIN_SUPPORTED, PRECISIONS, BuildOptions, BuildPlan, parse_trt_version, plan_build, profile_shapes,
                    version_str)
-from .sidecar import (EngineMetadata, atomic_write_bytes, check_engine_compatible, engine_artifacts, metadata_path,
+from ...files import atomic_write_bytes
+from .sidecar import (EngineMetadata, check_engine_compatible, engine_artifacts, metadata_path,
                       read_metadata, rebuild_reason, stale_reason, write_metadata)
 
 log = logging.getLogger(__name__)

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
 from ...errors import EdgepruneError
+from ...files import atomic_write_bytes
 from .plan import BuildOptions, DictRecord, parse_trt_version, version_str
 
 log = logging.getLogger(__name__)
@@ -128,21 +127,5 @@ def rebuild_reason(engine_path: Path, onnx_sha256: str, options: BuildOptions,
     return meta, reason
 
 
-def atomic_write_bytes(path: Path, data) -> None:
-    """Write to a temporary file in the same folder, then rename: readers see the old file or the new one."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-__all__ = ["METADATA_SUFFIX", "EngineMetadata", "atomic_write_bytes", "check_engine_compatible", "engine_artifacts",
+__all__ = ["METADATA_SUFFIX", "EngineMetadata", "check_engine_compatible", "engine_artifacts",
            "metadata_path", "read_metadata", "rebuild_reason", "stale_reason", "write_metadata"]
