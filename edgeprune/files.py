@@ -38,13 +38,18 @@ class StagedOutput:
     def __init__(self, target: Path, overwrite: bool = True, force: bool = False):
         self.target = Path(target).resolve()
         self.force = force
-        if self.target.exists() and not overwrite and self.target.is_dir() and any(self.target.iterdir()):
-            raise ConfigError(f"output directory {self.target} is not empty: remove it or allow overwriting")
-        check_replaceable(self.target, force)  # fails before any work starts
         try:
             self.target.parent.mkdir(parents=True, exist_ok=True)
-            with _locked(self.target.parent):
-                sweep_dead_staging(self.target)
+        except OSError as exc:
+            raise ConfigError(f"output directory {self.target} is not writable ({exc.strerror}): "
+                              "choose another --out") from None
+        # Under the lock: another process's commit may be between its two renames (target briefly absent).
+        with _locked(self.target.parent):
+            sweep_dead_staging(self.target)
+            if self.target.is_dir() and not overwrite and any(self.target.iterdir()):
+                raise ConfigError(f"output directory {self.target} is not empty: remove it or allow overwriting")
+            check_replaceable(self.target, force)  # fails before any work starts
+        try:
             self.path = Path(tempfile.mkdtemp(prefix=f".{self.target.name}.partial-{os.getpid()}-",
                                               dir=self.target.parent))
             self.path.chmod(0o777 & ~_umask())  # mkdtemp makes it private; the artifacts are not secrets
@@ -178,7 +183,11 @@ def _alive(pid: int) -> bool:
 @contextmanager
 def _locked(directory: Path) -> Iterator[None]:
     """An exclusive flock on `directory` itself: no lock file to leave behind, released if the process dies."""
-    fd = os.open(directory, os.O_RDONLY)
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError as exc:
+        raise ConfigError(f"cannot open {directory} ({exc.strerror}): choose an --out in a folder you can "
+                          "read and write") from None
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
         yield

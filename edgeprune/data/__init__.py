@@ -4,6 +4,7 @@ Every accuracy figure edgeprune reports comes from one of these; nothing is down
 """
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,6 +15,8 @@ from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 from ..errors import ConfigError
 
 DATA_HELP = "use --data digits or --data imagefolder:PATH"
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -79,6 +82,9 @@ def _imagefolder(root: Path, shape: tuple[int, int, int], seed: int, val_fractio
     from torchvision import datasets, transforms
 
     c, h, w = shape
+    if c not in (1, 3):
+        raise ConfigError(f"input shape {c},{h},{w} has {c} channels, but images are read as grayscale (1) or RGB "
+                          f"(3): use --input-shape 1,{h},{w} or 3,{h},{w}")
     tf = [transforms.Resize((h, w)), transforms.ToTensor()]
     if c == 1:
         tf.insert(0, transforms.Grayscale(1))
@@ -89,7 +95,42 @@ def _imagefolder(root: Path, shape: tuple[int, int, int], seed: int, val_fractio
         ds = datasets.ImageFolder(str(root), transform=transforms.Compose(tf))
     except (FileNotFoundError, RuntimeError) as exc:
         raise ConfigError(f"image folder {root} holds no images in class sub-folders ({exc})") from None
+    if len(ds) < 2:  # the split would leave nothing to train, calibrate or recalibrate BatchNorm on
+        raise ConfigError(f"image folder {root} holds {len(ds)} image: a build needs at least 2 (one to train on, "
+                          "one to measure accuracy on); add images")
+    check_images(root, [p for p, _ in ds.samples])
+    if len(ds.classes) == 1:
+        log.warning("image folder %s has one class (%s): every prediction is right, so accuracy cannot guide "
+                    "pruning; add the other classes", root, ds.classes[0])
     order = np.random.default_rng(seed).permutation(len(ds))
     n_val = max(1, int(round(len(ds) * val_fraction)))
     return DataBundle(f"imagefolder:{root}", Subset(ds, order[n_val:].tolist()), Subset(ds, order[:n_val].tolist()),
                       len(ds.classes), shape)
+
+
+def check_images(root: Path, paths: list[str]) -> None:
+    """Decode every image once, up front: ImageFolder opens them lazily, so a corrupt file would otherwise fail
+    an epoch into training. Images are read as grayscale or RGB; one with another band count (RGBA, CMYK, LA)
+    would lose or invent channels silently, so it is refused."""
+    from PIL import Image
+
+    unreadable, odd = [], []
+    for path in paths:
+        try:
+            with Image.open(path) as img:
+                img.load()  # decodes: a truncated or corrupt file fails here
+                bands = img.getbands()
+        except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+            unreadable.append((path, str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__))
+            continue
+        if len(bands) not in (1, 3):
+            odd.append((path, "".join(bands)))
+    if unreadable:
+        path, why = unreadable[0]
+        raise ConfigError(f"image folder {root}: {len(unreadable)} image(s) cannot be read, e.g. "
+                          f"{Path(path).relative_to(root)} ({why}): remove or replace them")
+    if odd:
+        path, mode = odd[0]
+        raise ConfigError(f"image folder {root}: {len(odd)} image(s) have {len(mode)} channels ({mode}), e.g. "
+                          f"{Path(path).relative_to(root)}: edgeprune reads grayscale or RGB images; convert them "
+                          "(e.g. PIL's Image.convert('RGB'))")
