@@ -218,6 +218,9 @@ class BuildConfig:
     @classmethod
     def from_yaml(cls, path: str | Path, **overrides: Any) -> "BuildConfig":
         raw = load_yaml_mapping(Path(path), "config file")
+        if "force" in raw:  # a config from a pull request must not be able to let a build replace a user's folder
+            raise ConfigError(f"config file {path} sets force: replacing a directory edgeprune did not write is "
+                              "allowed only by --force on the command line; remove the key")
         return cls.from_dict({**raw, **{k: v for k, v in overrides.items() if v is not None}})
 
     @classmethod

@@ -358,3 +358,13 @@ def test_atomic_write_on_a_full_disk_keeps_the_old_file(tmp_path, monkeypatch):
     with pytest.raises(OutOfSpace, match="report.json"):
         atomic_write_bytes(path, b"new")
     assert path.read_text() == "old" and sorted(p.name for p in tmp_path.iterdir()) == ["report.json"]
+
+
+def test_force_cannot_come_from_a_config_file(tmp_path):
+    mine = tmp_path / "out"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("keep me")
+    config = tmp_path / "pr.yaml"
+    config.write_text(f"out: {mine}\nforce: true\n")
+    assert "--force" in one_line_error(invoke("build", "-q", "--config", str(config)))
+    assert tree(mine) == {"notes.txt": b"keep me"}
