@@ -57,6 +57,7 @@ class BuildConfig:
 
     model: str = "resnet20"
     weights: str | None = None
+    trust_pickle: bool = False  # unpickle a whole-module --model .pt (runs its code); command line only
     input_shape: tuple[int, ...] | None = None  # (C, H, W); zoo models on digits default to (1, 32, 32)
     data: str = "digits"
     device: str = "cpu"
@@ -218,6 +219,9 @@ class BuildConfig:
     @classmethod
     def from_yaml(cls, path: str | Path, **overrides: Any) -> "BuildConfig":
         raw = load_yaml_mapping(Path(path), "config file")
+        if any(str(k).replace("-", "_") == "trust_pickle" for k in raw):  # a config from elsewhere must not opt in
+            raise ConfigError(f"config file {path} sets trust-pickle: pass --trust-pickle on the command line, "
+                              "and only for a model file you trust")
         if "force" in raw:  # a config from a pull request must not be able to let a build replace a user's folder
             raise ConfigError(f"config file {path} sets force: replacing a directory edgeprune did not write is "
                               "allowed only by --force on the command line; remove the key")

@@ -166,7 +166,7 @@ def test_tensorrt_runner_fp16_with_cuda_graph(needs_tensorrt, tiny_model, tmp_pa
 
 
 def test_torch_cuda_runner_end_to_end(needs_torch_cuda, tiny_model, tmp_path):
-    runner = TorchCudaRunner()
+    runner = TorchCudaRunner(build_dir=tmp_path)  # the fixture's whole-module model.pt is this build's own
     onnx_path, batch, reference = tiny_model
     dep = runner.prepare(onnx_path, tmp_path / "work")
     assert dep.path.name == "model.pt" and dep.input_shape == (2, 3, 16, 16)

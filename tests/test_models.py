@@ -173,7 +173,7 @@ def test_model_not_returning_logits(factory_file):
 def test_whole_module_pt(tmp_path, tiny_model):
     path = tmp_path / "whole.pt"
     torch.save(tiny_model, path)
-    loaded = load_model(str(path), input_shape=(3, 8, 8))
+    loaded = load_model(str(path), input_shape=(3, 8, 8), trust_pickle=True)
     assert loaded.source == "file" and loaded.name == "whole"
     x = torch.randn(2, 3, 8, 8)
     with torch.no_grad():
@@ -184,13 +184,13 @@ def test_whole_module_pt_needs_shape(tmp_path, tiny_model):
     path = tmp_path / "whole.pth"
     torch.save(tiny_model, path)
     with pytest.raises(ModelLoadError, match="--input-shape"):
-        load_model(str(path))
+        load_model(str(path), trust_pickle=True)
 
 
 def test_edgeprune_model_pt_carries_its_shape(tmp_path, tiny_model):
     path = tmp_path / "model.pt"
     torch.save({"model": tiny_model, "input_shape": [3, 8, 8], "name": "mine", "num_classes": 4}, path)
-    loaded = load_model(str(path))
+    loaded = load_model(str(path), trust_pickle=True)  # edgeprune's former, pickled model.pt
     assert loaded.input_shape == (3, 8, 8)
     assert loaded.name == "mine"
     assert loaded.num_classes == 4

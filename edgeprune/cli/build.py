@@ -13,8 +13,10 @@ from .progress import progress_for, summary_line
 
 @click.command()
 @click.option("--config", "config_file", type=click.Path(dir_okay=False), help="YAML file of build options; flags override it.")
-@click.option("--model", help="resnet20 | resnet56 | torchvision:NAME | pkg.module:factory | file.py:factory | model.pt")
+@click.option("--model", help="resnet20 | resnet56 | torchvision:NAME | timm:NAME | pkg.module:factory | file.py:factory | model.pt")
 @click.option("--weights", type=click.Path(dir_okay=False), help="State dict or checkpoint for --model.")
+@click.option("--trust-pickle", is_flag=True, default=None,
+              help="Unpickle a whole-module --model .pt file, which runs any code it holds: only for a file you trust.")
 @click.option("--input-shape", help="C,H,W of one input, e.g. 3,224,224.")
 @click.option("--data", help="digits | imagefolder:PATH  [default: digits]")
 @click.option("--device", help="A device from `edgeprune devices`, 'jetson', or a device YAML.  [default: cpu]")

@@ -125,7 +125,8 @@ def model_stage(config: BuildConfig, progress: Callable[[str], None] | None = No
     if config.data and shape is not None:
         data = load_data(config.data, shape, seed=config.seed)
     torch.manual_seed(config.seed)  # a built-in model's initial weights, so a cold-cache build is reproducible
-    loaded = load_model(config.model, config.weights, shape, num_classes=data.num_classes if data else None)
+    loaded = load_model(config.model, config.weights, shape, num_classes=data.num_classes if data else None,
+                        trust_pickle=config.trust_pickle)
     if data is None:
         data = load_data(config.data, loaded.input_shape, seed=config.seed)
     why = None
@@ -213,12 +214,11 @@ def export_stage(model: nn.Module, prepared: Prepared, batch_size: int, path: Pa
 
 
 def save_model_pt(path: Path, model: nn.Module, loaded: LoadedModel, widths: dict[str, int] | None = None) -> Path:
-    """The whole module with what it takes to use it (`--model model.pt` and the torch-cuda runner load it)."""
-    from .. import __version__
+    """The model's spec, shape, widths and state dict, which `--model model.pt` and the torch-cuda runner rebuild
+    it from without unpickling code (models/artifact.py)."""
+    from ..models.artifact import save_artifact
 
-    torch.save({"model": model, "name": loaded.name, "input_shape": loaded.input_shape,
-                "num_classes": loaded.num_classes, "widths": widths, "edgeprune_version": __version__}, path)
-    return path
+    return save_artifact(path, model, loaded, widths)
 
 
 def accuracy_stage(runner: Runner, deployed: Deployed, data: DataBundle, batch: int = 64) -> float:

@@ -1,7 +1,7 @@
 """PyTorch on a CUDA GPU: the un-exported model as a reference point for the deployed engines.
 
-The model comes from the `model.pt` saved next to the ONNX (a dict {"model": nn.Module, "input_shape": ...}
-written with torch.save) or from a module handed to the constructor. Timing is GPU time between CUDA events
+The model comes from the `model.pt` saved next to the ONNX (edgeprune's spec + state dict format,
+models/artifact.py) or from a module handed to the constructor. Timing is GPU time between CUDA events
 around one forward pass, synchronized after each run, optionally replayed from a CUDA graph: the same
 measurement the TensorRT runner makes, so the two compare directly.
 """
@@ -28,7 +28,7 @@ class TorchCudaRunner(Runner):
 
     @classmethod
     def options_for(cls, context: RunContext) -> dict[str, Any]:
-        return {"fp16": context.precision == "fp16"}
+        return {"fp16": context.precision == "fp16", "build_dir": str(context.workdir) if context.workdir is not None else None}
 
     @classmethod
     def precision_unsupported(cls, precision: str) -> str | None:
@@ -38,8 +38,9 @@ class TorchCudaRunner(Runner):
                 "measure reduced precision with tensorrt or onnxruntime-cuda")
 
     def __init__(self, module=None, fp16: bool = False, cuda_graph: bool = False, device: int = 0,
-                 input_shape: Sequence[int] | None = None):
+                 input_shape: Sequence[int] | None = None, build_dir: Path | None = None):
         self.module = module
+        self.build_dir = Path(build_dir).resolve() if build_dir else None  # model.pt files the build wrote
         self.fp16 = fp16
         self.cuda_graph = cuda_graph
         self.device = device
@@ -119,16 +120,13 @@ class TorchCudaRunner(Runner):
         if not path.exists():
             raise ModelLoadError(f"{path} does not exist: the torch-cuda runner needs the model.pt saved next to "
                                  f"{onnx_path.name}, or a module passed as TorchCudaRunner(module=...)")
-        import torch
+        from ...models.artifact import load_artifact
 
-        # weights_only=False: model.pt holds a pickled nn.Module that edgeprune itself wrote; never point this
-        # at a file from an untrusted source.
-        obj = torch.load(str(path), map_location="cpu", weights_only=False)
-        module = obj.get("model") if isinstance(obj, dict) else obj
-        if not isinstance(module, torch.nn.Module):
-            raise ModelLoadError(f"{path} holds {type(module).__name__}, not a dict with an nn.Module under 'model'")
-        saved = obj.get("input_shape") if isinstance(obj, dict) else None
-        return module, path, tuple(saved) if saved else None
+        # model.pt is rebuilt from its spec and weights, never unpickled, unless this build wrote it in its own
+        # work directory: then the factory the user named, or the module they trusted, is this build's own.
+        own = self.build_dir is not None and path.resolve().is_relative_to(self.build_dir)
+        loaded = load_artifact(path, trust_pickle=own, allow_factory=own)
+        return loaded.module, path, tuple(loaded.input_shape)
 
     def _input_shape(self, onnx_path: Path, saved_chw: tuple[int, ...] | None) -> tuple[int, ...]:
         """The ONNX's input shape (its static batch; 1 where dynamic), else constructor or saved C,H,W."""
