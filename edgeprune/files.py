@@ -66,11 +66,17 @@ class StagedOutput:
         with _locked(self.target.parent):
             sweep_dead_staging(self.target)
             check_replaceable(self.target, self.force)  # it may have changed while the build ran
-            if self.target.exists():
-                old = Path(tempfile.mkdtemp(prefix=f".{self.target.name}.old-{os.getpid()}-",
-                                            dir=self.target.parent))
-                os.replace(self.target, old / "previous")
-            os.replace(self.path, self.target)
+            try:
+                if self.target.exists():
+                    old = Path(tempfile.mkdtemp(prefix=f".{self.target.name}.old-{os.getpid()}-",
+                                                dir=self.target.parent))
+                    os.replace(self.target, old / "previous")
+                os.replace(self.path, self.target)
+            except BaseException:  # Ctrl-C / SIGTERM / a failed rename between the two: the previous output back
+                if old is not None and not self.target.exists() and (old / "previous").is_dir():
+                    os.replace(old / "previous", self.target)
+                    shutil.rmtree(old, ignore_errors=True)
+                raise
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
         return self.target
