@@ -1,4 +1,4 @@
-"""Does every torchvision classification model prune, export and match? (issue 6)
+"""Does every torchvision classification model prune, export and match? (issue 6) And a sample of timm's? (issue 16)
 
 For each classification model torchvision lists (random weights, eval mode), at a small input where the model
 allows one: prune 30% of the channels of every prunable group with the default criterion (l1) at the channel
@@ -13,9 +13,13 @@ then checked on logits of ordinary size (their scale is recorded as logit_std).
 
 Each model runs in its own process (a crash or a time-out is that model's failure, with the reason).
 
+--timm runs a sample of 12 timm families instead (timm:NAME through timm.create_model, random init, 64 px) and
+writes them under "timm" in the same file, leaving the torchvision results as they are (and the other way round).
+
     .venv/bin/python benchmarks/coverage.py                          # all models (about an hour on 2 cores)
     .venv/bin/python benchmarks/coverage.py --models resnet18,swin_t # some
     .venv/bin/python benchmarks/coverage.py --no-latency             # prune/export/parity only
+    .venv/bin/python benchmarks/coverage.py --timm                   # the timm sample (a few minutes)
 Writes benchmarks/results/coverage.json (and prints a table and a per-family summary).
 """
 from __future__ import annotations
@@ -43,10 +47,22 @@ SIZES = {"inception_v3": 96, "vit_h_14": 56, "maxvit_t": 224}
 FAMILIES = ("resnet", "resnext", "wide_resnet", "mobilenet_v2", "mobilenet_v3", "efficientnet_v2", "efficientnet",
             "regnet_x", "regnet_y", "convnext", "vit", "swin_v2", "swin", "maxvit", "shufflenet", "densenet",
             "vgg", "squeezenet", "mnasnet", "googlenet", "inception", "alexnet")
+# One model of each of 12 timm families, small variants so the sample runs in minutes.
+TIMM_SAMPLE = {"resnet18d": "resnet", "efficientnet_b0": "efficientnet", "mobilenetv3_small_100": "mobilenetv3",
+               "convnext_atto": "convnext", "regnetx_002": "regnet", "densenet121": "densenet",
+               "ghostnet_100": "ghostnet", "mixnet_s": "mixnet", "rexnet_100": "rexnet", "dla34": "dla",
+               "cspresnet50": "cspnet", "vgg11": "vgg"}
 
 
 def family(name: str) -> str:
+    if name.startswith("timm:"):
+        return "timm:" + TIMM_SAMPLE.get(name[5:], name[5:])
     return next((f for f in FAMILIES if name.startswith(f)), name)
+
+
+def spec_for(name: str) -> str:
+    """edgeprune's --model spec: timm:NAME as given, torchvision's names bare."""
+    return name if name.startswith("timm:") else f"torchvision:{name}"
 
 
 def list_models() -> list[str]:
@@ -94,7 +110,7 @@ def run_one(name: str, size: int, ratio: float, multiple: int, latency: bool, it
     stage, t0 = "load", time.perf_counter()
     work = Path(tempfile.mkdtemp(prefix=f"coverage-{name}-"))
     try:
-        model = load_model(f"torchvision:{name}", input_shape=(3, size, size)).module
+        model = load_model(spec_for(name), input_shape=(3, size, size)).module
         meaningful_init(model, size)
         x = torch.randn(4, 3, size, size, generator=torch.Generator().manual_seed(1))
         stage = "prune"
@@ -151,6 +167,7 @@ def run_one(name: str, size: int, ratio: float, multiple: int, latency: bool, it
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--models", default="", help="comma-separated names or family prefixes (default: all)")
+    ap.add_argument("--timm", action="store_true", help="the timm sample (TIMM_SAMPLE) instead of torchvision")
     ap.add_argument("--ratio", type=float, default=0.3)
     ap.add_argument("--channel-multiple", type=int, default=8)
     ap.add_argument("--no-latency", action="store_true")
@@ -170,13 +187,14 @@ def main() -> None:
         print("RESULT " + json.dumps(run_one(args.one, size_for(args.one), args.ratio, args.channel_multiple,
                                             not args.no_latency, args.iters, args.blocks)), flush=True)
         return
-    names = list_models()
+    names = [f"timm:{n}" for n in TIMM_SAMPLE] if args.timm else list_models()
     if args.models:
-        wanted = [w.strip() for w in args.models.split(",") if w.strip()]
-        names = [n for n in names if any(n == w or n.startswith(w) for w in wanted)]
+        wanted = [w.strip().removeprefix("timm:") for w in args.models.split(",") if w.strip()]
+        names = [n for n in names if any(n.removeprefix("timm:").startswith(w) for w in wanted)]
     done = {}
     if args.resume and args.out.exists():
-        done = {r["model"]: r for r in json.loads(args.out.read_text())["models"]}
+        doc = json.loads(args.out.read_text())
+        done = {r["model"]: r for r in (doc.get("timm", {}) if args.timm else doc).get("models", [])}
     results = [done[n] for n in names if n in done]
     for i, name in enumerate(names, 1):
         if name in done:
@@ -209,7 +227,7 @@ def row(r: dict) -> str:
     sp = f"{r['speedup']:5.2f}x" if "speedup" in r else "    - "
     par = f"{r['parity']['max_abs']:.1e}" if "parity" in r else "   -   "
     status = "pass" if r.get("ok") else f"FAIL ({r.get('reason', '')[:90]})"
-    return (f"{r['model']:20s} params {m(r.get('params_before'))} -> {m(r.get('params_after'))} M  "
+    return (f"{r['model']:26s} params {m(r.get('params_before'))} -> {m(r.get('params_after'))} M  "
             f"MACs {m(r.get('macs_before'))} -> {m(r.get('macs_after'))} M  speed-up {sp}  parity {par}  "
             f"{r.get('seconds', 0):6.1f} s  {status}")
 
@@ -239,14 +257,23 @@ def write(args, results: list[dict], quiet: bool = False) -> None:
     from edgeprune.pipeline.artifacts import versions
 
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    doc = {"benchmark": "coverage", "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-           "host": {"cpu": cpu_model(), "machine": platform.machine(), "python": platform.python_version()},
-           "versions": versions(),
-           "settings": {"ratio": args.ratio, "channel_multiple": args.channel_multiple, "criterion": "l1",
-                        "latency": not args.no_latency, "iters": args.iters, "blocks": args.blocks},
-           "passed": passed, "total": len(results), "families": summary,
-           "models": [{k: v for k, v in r.items() if k != "traceback"} for r in results],
-           "failures": {r["model"]: r.get("traceback", r.get("reason")) for r in results if not r["ok"]}}
+    part = {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "host": {"cpu": cpu_model(), "machine": platform.machine(), "python": platform.python_version()},
+            "versions": versions(),
+            "settings": {"ratio": args.ratio, "channel_multiple": args.channel_multiple, "criterion": "l1",
+                         "latency": not args.no_latency, "iters": args.iters, "blocks": args.blocks},
+            "passed": passed, "total": len(results), "families": summary,
+            "models": [{k: v for k, v in r.items() if k != "traceback"} for r in results],
+            "failures": {r["model"]: r.get("traceback", r.get("reason")) for r in results if not r["ok"]}}
+    # One file for the benchmark: a torchvision sweep keeps the timm section and a timm run keeps the rest.
+    old = json.loads(args.out.read_text()) if args.out.exists() else {}
+    if args.timm:
+        import timm
+
+        part["versions"] = {**part["versions"], "timm": timm.__version__}
+        doc = {**old, "benchmark": "coverage", "timm": part}
+    else:
+        doc = {"benchmark": "coverage", **part, **({"timm": old["timm"]} if "timm" in old else {})}
     args.out.write_text(json.dumps(doc, indent=1) + "\n")
     if not quiet:
         print(f"\nwrote {args.out}")
