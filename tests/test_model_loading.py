@@ -137,6 +137,15 @@ def test_model_pt_of_a_factory_model_needs_the_factory_named(tmp_path):
     x = torch.randn(2, 3, 12, 12)
     with torch.no_grad():
         torch.testing.assert_close(loaded.module(x), pruned.model.eval()(x))
+    # The torch-cuda runner rebuilds it only where this build wrote it (its work directory).
+    from edgeprune.backends.torch_cuda.runner import TorchCudaRunner
+
+    with pytest.raises(ModelLoadError, match="--weights"):
+        TorchCudaRunner()._load_module(path.with_name("model.onnx"))
+    module, _, shape = TorchCudaRunner(build_dir=tmp_path)._load_module(path.with_name("model.onnx"))
+    assert shape == (3, 12, 12)
+    with torch.no_grad():
+        torch.testing.assert_close(module(x), pruned.model(x))
 
 
 def test_model_pt_from_a_real_build_loads_without_opt_in_and_gives_the_same_outputs(tmp_path, edgeprune_cache):

@@ -98,3 +98,20 @@ def test_pytorchcv_style_factory_needs_no_input_shape(tmp_path):
     assert load_model(f"{src}:cifarnet").input_shape == (3, 24, 24)
     loaded = load_model(f"{src}:gray")
     assert loaded.input_shape == (1, 20, 28) and loaded.num_classes == 10
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["resnet18d", "mobilenetv3_small_100"])
+def test_timm_model_prunes_exports_and_matches(name):
+    """Two of benchmarks/coverage.py's timm sample (the whole sample: coverage.py --timm)."""
+    import importlib.util
+    import warnings
+
+    warnings.simplefilter("ignore")
+    spec = importlib.util.spec_from_file_location("coverage_bench", Path(__file__).resolve().parents[1] / "benchmarks" / "coverage.py")
+    cov = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(cov)
+    res = cov.run_one(f"timm:{name}", 64, ratio=0.3, multiple=8, latency=False, iters=0, blocks=0)
+    assert res["ok"], res.get("reason")
+    assert res["params_after"] < res["params_before"] and res["groups_pruned"] > 0
+    assert res["parity"]["ok"] and res["logit_std"] > 1e-3

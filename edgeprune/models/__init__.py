@@ -74,7 +74,8 @@ def _torchvision(name: str, input_shape, num_classes) -> LoadedModel:
         raise ModelLoadError(f"torchvision cannot be imported ({exc}); reinstall with ./run.sh's constraints") from None
     available = torchvision.models.list_models(module=torchvision.models)
     if name not in available:
-        raise ModelLoadError(f"unknown torchvision model {name!r}: see `torchvision.models.list_models()` for names")
+        raise ModelLoadError(f"unknown torchvision model {name!r}{close_names(name, available)}: see "
+                             "`torchvision.models.list_models()` for names")
     kwargs = {"weights": None}
     if num_classes:
         kwargs["num_classes"] = num_classes
