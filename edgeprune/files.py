@@ -12,6 +12,7 @@ import errno
 import fcntl
 import hashlib
 import json
+import logging
 import os
 import re
 import shutil
@@ -21,6 +22,8 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from .errors import ConfigError, OutOfSpace, UnsafeArtifact
+
+log = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
 WORK_PREFIX = "edgeprune-work-"
@@ -195,7 +198,10 @@ def _locked(directory: Path) -> Iterator[None]:
         raise ConfigError(f"cannot open {directory} ({exc.strerror}): choose an --out in a folder you can "
                           "read and write") from None
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        except OSError as exc:  # a filesystem without locks (some NFS mounts): one build at a time still works
+            log.debug("cannot lock %s (%s): committing without the lock", directory, exc.strerror)
         yield
     finally:
         os.close(fd)  # closing releases the lock
