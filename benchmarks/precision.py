@@ -47,6 +47,8 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=RESULT)
     ap.add_argument("--builds", action="store_true", help="whole builds: --precision auto vs fp32 (slow)")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--channel-multiple", type=int, help="--builds: ResNet-56 at this multiple (default: the "
+                                                            "device's), and only ResNet-56")
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
     torch.set_num_threads(1)

@@ -40,12 +40,15 @@ def one_build(config: BuildConfig) -> dict:
             "stop_reason": report["stop_reason"], "wall_s": round(wall, 1)}
 
 
-def cases(seeds: list[int]) -> list[BuildConfig]:
+def cases(seeds: list[int], multiple: int | None, others: bool) -> list[BuildConfig]:
     out = []
     for budget in ("0.35x", "0.25x"):
         for seed in seeds:
             for precision in ("fp32", "auto"):
-                out.append(BuildConfig(model="resnet56", latency_budget=budget, seed=seed, precision=precision))
+                out.append(BuildConfig(model="resnet56", latency_budget=budget, seed=seed, precision=precision,
+                                       channel_multiple=multiple))
+    if not others:
+        return out
     out.append(BuildConfig(model="torchvision:mobilenet_v3_small", input_shape=(3, 64, 64), precision="auto",
                            max_iterations=3))
     out.append(BuildConfig(precision="auto"))  # the default build, auto precision
@@ -56,7 +59,7 @@ def run_builds(args) -> None:
     rows = []
     started = time.time()
     with tempfile.TemporaryDirectory(prefix="edgeprune-precision-builds-") as tmp:
-        for i, config in enumerate(cases(args.seeds)):
+        for i, config in enumerate(cases(args.seeds, args.channel_multiple, args.channel_multiple is None)):
             config = config.replace(out=str(Path(tmp) / f"out{i}"))
             try:
                 rows.append(one_build(config))
@@ -68,9 +71,14 @@ def run_builds(args) -> None:
                 continue
             print(row_line(rows[-1]), flush=True)
     previous = json.loads(args.out.read_text()) if args.out.is_file() else {"benchmark": "precision"}
-    previous["builds"] = {"rows": rows, "seconds": round(time.time() - started, 1), "summary": summary(rows),
-                          "command": "PYTHONPATH=. .venv/bin/python benchmarks/precision.py --builds --seeds "
-                                     + " ".join(map(str, args.seeds))}
+    key = "device channel multiple" if args.channel_multiple is None else f"channel multiple {args.channel_multiple}"
+    builds = previous.get("builds") if isinstance(previous.get("builds"), dict) and "rows" not in previous["builds"] \
+        else {}
+    builds[key] = {"rows": rows, "seconds": round(time.time() - started, 1), "summary": summary(rows),
+                   "command": "PYTHONPATH=. .venv/bin/python benchmarks/precision.py --builds --seeds "
+                              + " ".join(map(str, args.seeds))
+                              + (f" --channel-multiple {args.channel_multiple}" if args.channel_multiple else "")}
+    previous["builds"] = builds
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(previous, indent=1) + "\n")
     print("\n".join(summary(rows)))

@@ -138,18 +138,21 @@ def convert(state: "BuildState", fp32: "Exported", settings: PrecisionSettings, 
 
 
 def dropped_reason(precision: str, record: dict[str, Any], runner: str) -> str | None:
-    """Why `auto` drops a precision after its unpruned attempt (slower than fp32, or parity missed), or None."""
+    """Why `auto` drops a precision after its unpruned attempt (slower than fp32, parity missed: each figure that
+    ruled it out), or None."""
+    reasons = []
+    ratio = (record.get("latency_ratio") or {}).get("ratio")
+    if ratio is not None and ratio >= 1.0:
+        reasons.append(f"measured {ratio:.3f}x the fp32 latency on {runner} for the unpruned model "
+                       f"({record['latency_ms']:.3f} ms, side by side): slower")
     parity = record.get("precision_parity") or {}
     if parity and not parity.get("ok", True):
         tol = parity.get("tolerance") or {}
-        return (f"{precision} misses its parity tolerance on the unpruned model even after the cheap fixes "
-                f"(top-1 agreement {parity['top1_agreement']:.3f} vs {tol.get('min_top1_agreement')}, scaled max "
-                f"error {parity['max_abs_error_scaled']:.3g} vs {tol.get('max_abs_error')})")
-    ratio = (record.get("latency_ratio") or {}).get("ratio")
-    if ratio is not None and ratio >= 1.0:
-        return (f"{precision} measured {ratio:.3f}x the fp32 latency on {runner} for the unpruned model "
-                f"({record['latency_ms']:.3f} ms, side by side): slower, so not searched")
-    return None
+        reasons.append(f"misses its parity tolerance with fp32 even after the cheap fixes (top-1 agreement "
+                       f"{parity['top1_agreement']:.3f} vs {tol.get('min_top1_agreement')}, scaled max error "
+                       f"{parity['max_abs_error_scaled']:.3g} vs {tol.get('max_abs_error')})"
+                       + ("" if ratio is None or ratio >= 1.0 else f"; it measured {ratio:.3f}x the fp32 latency"))
+    return f"{precision} " + "; and ".join(reasons) + ", so not searched" if reasons else None
 
 
 __all__ = ["PrecisionSettings", "calibration_set", "convert", "dropped_reason",
