@@ -16,7 +16,6 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ..errors import ConfigError, RuntimeUnavailable
-from ..export.onnx import ExportResult
 from ..export.precision import (
     CALIBRATION_METHODS, PRECISIONS, QuantizationFailed, compare_logits, convert_fp16, quantize_int8,
     quantize_int8_within_tolerance, run_onnx,

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from ..errors import ConfigError
-from ..files import write_json
+from ..files import atomic_path, write_json
 
 if TYPE_CHECKING:
     from .attempt import BuildState
@@ -161,7 +161,8 @@ class Checkpoint:
                 if src.with_name(src.name + ".data").exists():
                     shutil.copyfile(src.with_name(src.name + ".data"), files / (src.name + ".data"))
             if weights:
-                torch.save(state.models[index].state_dict(), files / "weights.pt")
+                with atomic_path(files / "weights.pt") as tmp:
+                    torch.save(state.models[index].state_dict(), tmp)
             self.attempts[index - 1:] = [{"index": index, "ratio": ratio, "precision": record["precision"],
                                           "record": record, "onnx": exported.export.path.name}]
         if state.allocator is not None:
