@@ -113,3 +113,28 @@ def test_an_int8_graph_off_in_parity_is_a_budget_miss_that_names_it(tmp_path, mo
     report = info.value.result.report
     assert report["budget_met"] is False and report["final"]["precision"] == "int8"
     assert report["final"]["precision_parity"]["ok"] is False
+
+
+def test_report_md_and_html_show_the_precision_search_with_its_figures():
+    from synthetic_reports import make_report
+
+    from edgeprune.report.html import render_html
+    from edgeprune.report.markdown import render_report
+    from edgeprune.report.schema import migrate
+
+    r = migrate(make_report())
+    r["iterations"][1].update(precision="int8", quantization={
+        "library": "onnxruntime.quantization", "library_version": "1.31.1", "method": "entropy",
+        "calibration_images": 128, "target": "onnxruntime", "excluded_nodes": ["/conv1/Conv"], "kept_fp32_ops": []},
+        precision_parity={"samples": 240, "top1_agreement": 0.975, "max_abs_error_scaled": 0.12,
+                          "tolerance": {"min_top1_agreement": 0.95, "max_abs_error": 0.25}, "ok": True})
+    r["final"].update({k: r["iterations"][1][k] for k in ("precision", "quantization", "precision_parity")})
+    r["precision"] = {"requested": "auto", "searched": ["fp32", "int8"], "left_out": {},
+                      "dropped": {"fp16": "fp16 measured 1.250x the fp32 latency on onnxruntime: slower"}}
+    md = render_report(r)
+    assert "shipped: **int8**" in md and "fp16 dropped: fp16 measured 1.250x" in md
+    assert "entropy calibration on 128 training images" in md and "1 node(s) left fp32" in md
+    assert "top-1 agreement 0.975 (at least 0.95)" in md
+    assert "| 1 | 0.450 | int8 |" in md
+    html = render_html(r)
+    assert "<h2>Precision</h2>" in html and "shipped: int8." in html and "<td class=\"n\">int8</td>" in html

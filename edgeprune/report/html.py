@@ -19,7 +19,7 @@ from ..errors import ConfigError
 from ..files import MANIFEST, atomic_write_text, file_hashes, write_json
 from . import plots
 from .manifest import UnsafeArtifact, inside, modified_files
-from .markdown import count_text, num_text, pct_text, render_report, verdict_text
+from .markdown import count_text, num_text, pct_text, precision_lines, render_report, verdict_text
 from .schema import migrate
 
 log = logging.getLogger(__name__)
@@ -113,8 +113,8 @@ def render_html(r: dict[str, Any]) -> str:
         ("weights (bytes)", _int(base["memory"].get("weights_bytes")), _int(f["memory"].get("weights_bytes")), ""),
         ("runtime peak memory (MB)", num_text(base["memory"].get("peak_mb")), num_text(f["memory"].get("peak_mb")), ""),
     ]
-    iter_rows = [("#", "ratio", "MMACs", "params", "latency (ms)", "vs unpruned [95% CI]", "accuracy", "budget",
-                  "note")]
+    iter_rows = [("#", "ratio", "precision", "MMACs", "params", "latency (ms)", "vs unpruned fp32 [95% CI]",
+                  "accuracy", "budget", "note")]
     for it in r["iterations"]:
         lr = it.get("latency_ratio")
         vs = "1.000" if not lr else f"{lr['ratio']:.3f} [{lr['low']:.3f}, {lr['high']:.3f}]"
@@ -122,7 +122,10 @@ def render_html(r: dict[str, Any]) -> str:
         note = ("shipped: " if it.get("selected") else "") + str(it.get("step_reason", ""))
         if it.get("remeasured"):
             note += " (re-measured: first verdict was within noise)"
-        iter_rows.append((str(it["index"]), f"{it.get('ratio', 0.0):.3f}", f"{it['macs'] / 1e6:.2f}",
+        if it.get("dropped"):
+            note += f"; {it.get('precision')} dropped: {it['dropped']}"
+        iter_rows.append((str(it["index"]), f"{it.get('ratio', 0.0):.3f}", str(it.get("precision", "fp32")),
+                          f"{it['macs'] / 1e6:.2f}",
                           count_text(it["params"]),
                           f"{it['latency_ms']:.3f}", vs, pct_text(it.get("accuracy")),
                           "-" if budget_met is None else ("met" if budget_met else "over"), note))
@@ -155,7 +158,9 @@ def render_html(r: dict[str, Any]) -> str:
         f"<p>Speed-up per MACs reduction: {f['speedup_per_macs_reduction']:.2f}. Parity of the shipped ONNX with "
         f"PyTorch: max abs error {f['parity']['max_abs']:.2e} over {f['parity']['samples']} validation images.</p>",
         "<h2>Plots</h2>", *figures,
-        "<h2>Iterations</h2>", _table(iter_rows, numeric_from=1, numeric_to=7),
+        *(["<h2>Precision</h2>", *(f"<p>{_e(_plain(line))}</p>" for line in precision_lines(r)[2:] if line)]
+          if r.get("precision") else []),
+        "<h2>Iterations</h2>", _table(iter_rows, numeric_from=1, numeric_to=8),
         "<h2>How it was measured</h2>", "<ul>", *(f"<li>{_e(line)}</li>" for line in measured), "</ul>",
         f'<p class="foot">Rendered from report.json (schema_version {_e(r.get("schema_version"))}, written '
         f"{_e(r.get('created'))} by edgeprune {_e((r.get('tool') or {}).get('version'))}).</p>",
@@ -188,6 +193,11 @@ def _table(rows: list[tuple[str, ...]], numeric_from: int = 1, numeric_to: int |
         out.append("<tr>" + "".join(f"<td{cls(i)}>{_e(c)}</td>" for i, c in enumerate(row)) + "</tr>")
     out.append("</table>")
     return "\n".join(out)
+
+
+def _plain(markdown_line: str) -> str:
+    """A report.md line as plain text: no list dash, bold or code marks."""
+    return markdown_line.lstrip("- ").replace("**", "").replace("`", "")
 
 
 def _e(x: Any) -> str:
