@@ -157,7 +157,7 @@ def test_a_model_over_the_protobuf_cap_is_exported_with_external_data(tmp_path, 
 def test_the_trace_time_limit_counts_afresh_per_group_and_stops_a_hung_one():
     import time as _time
 
-    from edgeprune.pruning import prune as P
+    from edgeprune.pruning import trace as P
 
     with P._time_limit(1.0) as rearm:  # five steps of 0.3 s: over the limit in all, each well under it
         for _ in range(5):

@@ -22,7 +22,8 @@ from torch import nn
 
 from ..errors import ConfigError
 from ..registry import ALLOCATIONS
-from .prune import DEEPEST_RATIO, group_width, prunable_groups, prune_model, root_groups
+from .prune import prunable_groups, prune_model, root_groups
+from .widths import DEEPEST_RATIO, group_width
 
 log = logging.getLogger(__name__)
 
