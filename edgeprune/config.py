@@ -76,6 +76,17 @@ class BuildConfig:
     bn_recalibration: bool = True
     distill: bool = False  # knowledge distillation from the unpruned model while fine-tuning
     train_epochs: int = 10  # only for built-in zoo models trained on the fly (cached)
+    # How fine-tuning runs (edgeprune/training/); the defaults keep the built-in recipe (SGD, lr 0.05 / 0.03)
+    train_device: str = "auto"  # auto | cpu | cuda | cuda:N | mps; auto: the best present
+    amp: str = "auto"  # auto | off | bf16 | fp16; auto: bf16 on a GPU that has it, else fp16; off on the CPU
+    optimizer: str = "sgd"  # sgd | adamw
+    lr: float | None = None  # None: the recipe's (sgd 0.05 base training, 0.03 fine-tuning)
+    weight_decay: float = 5e-4
+    label_smoothing: float = 0.0
+    workers: int = 0  # DataLoader worker processes
+    augment: str = "standard"  # ImageFolder training: standard (random resized crop + flip) | crop | none
+    train_fn: str | None = None  # pkg.module:fn, train_fn(model, epochs) -> model: the user's own loop
+    eval_fn: str | None = None  # pkg.module:fn, eval_fn(model_or_session) -> float: the user's metric
     max_iterations: int = 6
     measure_blocks: int = 6
     measure_iters: int = 200
@@ -129,6 +140,7 @@ class BuildConfig:
                 raise ConfigError(f"threads must be at least 1, got {threads}")
             object.__setattr__(self, "threads", threads)
         self._check_remote()
+        self._check_training()
         if self.input_shape is not None:
             try:
                 shape = tuple(int(s) for s in self.input_shape)
@@ -146,6 +158,14 @@ class BuildConfig:
         if self.calibration_method not in CALIBRATION_METHODS:
             raise ConfigError(f"calibration method {self.calibration_method!r} is unknown: use one of "
                               f"{', '.join(CALIBRATION_METHODS)}")
+
+    def _check_training(self) -> None:
+        from .training.options import TrainOptions
+
+        object.__setattr__(self, "workers", _as_int("workers", self.workers))
+        options = TrainOptions.from_config(self)  # the values; whether the device is present is checked at build
+        for name in ("lr", "weight_decay", "label_smoothing"):
+            object.__setattr__(self, name, getattr(options, name))
 
     def _check_remote(self) -> None:
         options = self.remote_ssh_options

@@ -18,7 +18,7 @@ from .progress import progress_for, summary_line
 @click.option("--trust-pickle", is_flag=True, default=None,
               help="Unpickle a whole-module --model .pt file, which runs any code it holds: only for a file you trust.")
 @click.option("--input-shape", help="C,H,W of one input, e.g. 3,224,224.")
-@click.option("--data", help="digits | imagefolder:PATH  [default: digits]")
+@click.option("--data", help="digits | imagefolder:PATH | pkg.module:factory (returns train, val datasets)  [default: digits]")
 @click.option("--device", help="A device from `edgeprune devices`, 'jetson', or a device YAML.  [default: cpu]")
 @click.option("--policy", type=choice(POLICIES, "auto"),
               help="What to optimise; auto picks from the budgets given (none: latency-sensitive at 0.5x).  [default: auto]")
@@ -37,6 +37,16 @@ from .progress import progress_for, summary_line
 @click.option("--bn-recalibration/--no-bn-recalibration", default=None, help="Recalibrate BatchNorm statistics after pruning.  [default: yes]")
 @click.option("--finetune-epochs", type=int, help="Fine-tuning epochs after each prune.  [default: 5]")
 @click.option("--train-epochs", type=int, help="Epochs to train a built-in model (cached).  [default: 10]")
+@click.option("--train-device", help="Where fine-tuning runs: auto | cpu | cuda | cuda:N | mps (auto: the best present).  [default: auto]")
+@click.option("--amp", type=click.Choice(["auto", "off", "bf16", "fp16"]), help="Mixed precision on a GPU (auto: bf16 where supported, else fp16 with a scaler; off on the CPU).  [default: auto]")
+@click.option("--optimizer", type=click.Choice(["sgd", "adamw"]), help="Fine-tuning optimizer.  [default: sgd]")
+@click.option("--lr", type=float, help="Peak learning rate of the one-cycle schedule.  [default: sgd 0.03 fine-tuning, 0.05 base training; adamw 5e-4 / 1e-3]")
+@click.option("--weight-decay", type=float, help="Weight decay.  [default: 5e-4]")
+@click.option("--label-smoothing", type=float, help="Label smoothing of the cross-entropy loss.  [default: 0]")
+@click.option("--workers", type=int, help="DataLoader worker processes for training (pinned memory on a GPU).  [default: 0]")
+@click.option("--augment", type=click.Choice(["standard", "crop", "none"]), help="ImageFolder training augmentation: random resized crop + flip, crop only, or none.  [default: standard]")
+@click.option("--train-fn", help="Your own fine-tuning loop, pkg.module:fn with fn(model, epochs) -> model.")
+@click.option("--eval-fn", help="Your own metric, pkg.module:fn with fn(model_or_session) -> float (higher is better); reported as yours.")
 @click.option("--max-iterations", type=int, help="Cap on pruning attempts.  [default: 6]")
 @click.option("--measure-blocks", type=int, help="Interleaved timing blocks per measurement.  [default: 6]")
 @click.option("--measure-iters", type=int, help="Timed runs per block.  [default: 200]")
@@ -81,6 +91,8 @@ def build(config_file: str | None, latency_budget_ms: float | None, quiet: bool,
         if as_json:
             print_json(exc.result.report)
         raise
+    if result is None:  # a torchrun rank other than 0: it fine-tuned; rank 0 writes and reports
+        return
     if as_json:
         print_json(result.report)
     elif not quiet:

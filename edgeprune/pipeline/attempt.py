@@ -136,7 +136,8 @@ def run_attempt(state: BuildState, index: int, step: Step, prec: str = "fp32") -
         recovery = stages.recover_stage(model, prep.data, cfg.finetune_epochs, cfg.seed + index, can_train,
                                         state.stage_callback("recover", f"iteration {index}: "),
                                         bn_recalibration=False,
-                                        teacher=prep.model.module if cfg.distill else None)
+                                        teacher=prep.model.module if cfg.distill else None,
+                                        trainer=prep.trainer)
         recovery["bn_recalibration"] = cfg.bn_recalibration
         state.progress.stage("export", f"iteration {index}, fine-tuned")
         state.exports[index] = state.export(model, index, "finetuned", prec)
@@ -239,5 +240,7 @@ def evaluate(state: BuildState, rec: dict[str, Any]) -> None:
     """Top-1 accuracy of the iteration's deployed artifact, when the data can score the model."""
     if state.prep.accuracy_available is None:
         exported = state.exports[rec["index"]]
-        rec["accuracy"] = stages.accuracy_stage(state.prof.runner, exported.deployed, state.prep.data)
+        rec["accuracy"] = stages.accuracy_stage(state.prof.runner, exported.deployed, state.prep.data,
+                                                trainer=state.prep.trainer)
         rec["accuracy_source"] = "onnx artifact (val split)"
+        rec["accuracy_metric"] = state.prep.trainer.metric

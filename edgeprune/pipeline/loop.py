@@ -18,7 +18,8 @@ from ..export.precision import QuantizationFailed
 from ..files import StagedOutput, work_dir
 from ..pruning.allocation import Allocator
 from ..pruning.prune import DEEPEST_RATIO, prunable_widths, prune_model
-from ..pruning.recover import accuracy_torch, recalibrate_bn
+from ..pruning.recover import recalibrate_bn
+from ..training import Trainer, distributed
 from ..registry import POLICIES
 from . import constraints, precision, stages
 from .artifacts import BuildResult, write_artifacts
@@ -39,11 +40,24 @@ class _LogProgress:
         log.info("iteration %s: %s", record["index"], record.get("summary", ""))
 
 
-def build(config: BuildConfig | None = None, progress: Progress | None = None, **overrides: Any) -> BuildResult:
+def build(config: BuildConfig | None = None, progress: Progress | None = None, train_fn: Any = None,
+          eval_fn: Any = None, **overrides: Any) -> BuildResult | None:
     """Run the whole build. Returns the result when the budget is met; raises BudgetNotMet (after writing the
-    best attempt, marked as not meeting the budget) when it is not; any other error leaves no artifacts."""
+    best attempt, marked as not meeting the budget) when it is not; any other error leaves no artifacts.
+    `train_fn(model, epochs) -> model` fine-tunes each pruned model in the caller's own loop, `eval_fn(model or
+    deployed session) -> float` is the caller's metric (training/trainer.py). Under torchrun, rank 0 builds and
+    returns the result; the other ranks fine-tune beside it (training/distributed.py) and return None."""
     config = (config or BuildConfig()).replace(**overrides) if overrides else (config or BuildConfig())
-    progress = progress or _LogProgress()
+    trainer = Trainer.from_config(config, train_fn, eval_fn)  # a train device that is not here fails now
+    config = config.replace(extra={**config.extra, "trainer": trainer})
+    with distributed.session(config, user_loop=trainer.train_fn is not None) as group:
+        if group is not None and not group.leader:
+            distributed.follow(config, group)
+            return None
+        return _build(config, progress or _LogProgress())
+
+
+def _build(config: BuildConfig, progress: Progress) -> BuildResult:
     checkpoint = Checkpoint.open(config)  # --resume: a missing or mismatched checkpoint fails here, first
     staged = StagedOutput(Path(config.out), overwrite=config.overwrite, force=config.force)
     work = work_dir()  # named with this pid: a later build sweeps it if this one is killed
@@ -218,7 +232,7 @@ def _check_accuracy_constraint(state: BuildState, baseline: dict[str, Any]) -> N
     if prep.accuracy_available is not None:
         raise ConfigError(f"an accuracy tolerance needs labeled data the model can be scored on: "
                           f"{prep.accuracy_available}")
-    torch_acc = accuracy_torch(prep.model.module, prep.data)
+    torch_acc = prep.trainer.accuracy_torch(prep.model.module, prep.data)
     baseline["accuracy_torch"] = torch_acc
     if torch_acc - baseline["accuracy"] > cfg.max_accuracy_drop:
         raise ParityError(f"the unpruned model's ONNX artifact already scores {baseline['accuracy']:.2f}% "
@@ -237,7 +251,7 @@ def _allocator(state: BuildState) -> Allocator:
     can_score = state.prep.accuracy_available is None
     return Allocator(state.prep.model.module, state.example, state.multiple, cfg.allocation, cfg.criterion,
                      batches=data.labeled_batches(),
-                     evaluate=(lambda m: accuracy_torch(m, data)) if can_score else None,
+                     evaluate=(lambda m: state.prep.trainer.accuracy_torch(m, data)) if can_score else None,
                      recalibrate=lambda m: recalibrate_bn(m, data.calibration_batches()),
                      measure=_latency_probe(state) if cfg.allocation == "latency" else None)
 

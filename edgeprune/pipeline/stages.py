@@ -9,7 +9,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -23,7 +22,8 @@ from ..models.zoo import ZOO
 from ..targets.devices import DeviceSpec, HostInfo, detect_host, resolve_device
 from ..backends import Deployed, RunContext, Runner, get_runner, measurable_here
 from ..backends.jetson.telemetry import JetsonMonitor, MonitoredRunner
-from ..pruning.recover import finetune, recalibrate_bn, train
+from ..pruning.recover import recalibrate_bn
+from ..training import Trainer, TrainStatus, fit
 
 log = logging.getLogger(__name__)
 
@@ -114,6 +114,7 @@ class Prepared:
     data: DataBundle
     accuracy_available: str | None  # None when accuracy can be measured, else why not
     training: dict[str, Any] = field(default_factory=dict)
+    trainer: Trainer = field(default_factory=Trainer)  # the built-in loop and metric, or the user's
 
 
 def model_stage(config: BuildConfig, progress: Callable[[str], None] | None = None) -> Prepared:
@@ -133,17 +134,25 @@ def model_stage(config: BuildConfig, progress: Callable[[str], None] | None = No
     if loaded.num_classes != data.num_classes:
         why = (f"the model has {loaded.num_classes} outputs but {data.name} has {data.num_classes} classes: "
                "accuracy and fine-tuning are skipped")
-    prepared = Prepared(loaded, data, why)
+    # the Python API's train_fn / eval_fn travel in config.extra (callables are not options: not in the report)
+    trainer = config.extra.get("trainer") or Trainer.from_config(config)
+    prepared = Prepared(loaded, data, why, trainer=trainer)
     if is_zoo and not loaded.pretrained:
-        prepared.training = train_cached(loaded, data, config.train_epochs, config.seed, progress)
+        prepared.training = train_cached(loaded, data, config.train_epochs, config.seed, progress, trainer)
+    prepared.training = {**prepared.training, "recovery": trainer.describe()}
     return prepared
 
 
 def train_cached(loaded: LoadedModel, data: DataBundle, epochs: int, seed: int,
-                 progress: Callable[[str], None] | None = None) -> dict[str, Any]:
-    """Train once per (model, data, shape, seed, epochs, torch) and keep the weights in the user's cache."""
+                 progress: Callable[[str], None] | None = None, trainer: Trainer | None = None) -> dict[str, Any]:
+    """Train once per (model, data, shape, seed, epochs, recipe, torch) and keep the weights in the user's cache.
+    The built-in loop trains it (a user's train_fn fine-tunes only), on the device the options name."""
+    options = (trainer or Trainer()).options
     key = {"model": loaded.name, "shape": list(loaded.input_shape), "data": data.name, "seed": seed,
            "epochs": epochs, "recipe": TRAIN_RECIPE, "torch": torch.__version__.split("+")[0]}
+    recipe = _recipe_key(options, data)
+    if recipe:  # another device, optimizer or augmentation trains other weights; the default keeps its old key
+        key["train"] = recipe
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
     path = cache_dir() / "trained" / f"{loaded.name}-{data.name}-{digest}.pt"
     if path.is_file():
@@ -154,12 +163,22 @@ def train_cached(loaded: LoadedModel, data: DataBundle, epochs: int, seed: int,
         except Exception as exc:  # a corrupt cache entry is retrained, not trusted
             log.warning("ignoring unreadable cached weights %s (%s)", path, exc)
     torch.manual_seed(seed)
-    train(loaded.module, data, epochs, seed=seed,
-          progress=(lambda e, n, loss: progress(f"training {loaded.name} on {data.name}: epoch {e}/{n}, "
-                                                f"loss {loss:.3f}")) if progress else None)
+    fit(loaded.module, data, epochs, options, seed=seed,
+        progress=(lambda st: progress(f"training {loaded.name} on {data.name}: {st.describe()}"))
+        if progress else None)
     with atomic_path(path) as tmp:  # a full disk or a kill leaves no half-written cache entry
         torch.save(loaded.module.state_dict(), tmp)
     return {**key, "cache": str(path), "cached": False}
+
+
+def _recipe_key(options, data: DataBundle) -> dict[str, Any] | None:
+    resolved = options.resolve().describe()
+    augmented = data.name.startswith("imagefolder:") and options.augment != "none"
+    if options.is_default_recipe() and resolved["device"] == "cpu" and not augmented:
+        return None
+    return {**resolved, "optimizer": options.optimizer, "lr": options.lr, "weight_decay": options.weight_decay,
+            "label_smoothing": options.label_smoothing, "augment": options.augment if augmented else "none",
+            "workers": options.workers if augmented else 0}
 
 
 def cache_dir() -> Path:
@@ -170,18 +189,25 @@ def cache_dir() -> Path:
 
 def recover_stage(model: nn.Module, data: DataBundle, epochs: int, seed: int, can_train: bool,
                   progress: Callable[[str], None] | None = None, bn_recalibration: bool = True,
-                  teacher: nn.Module | None = None) -> dict[str, Any]:
-    """BN statistics recalibration, then fine-tuning on the training split (distilled from `teacher` if given)."""
+                  teacher: nn.Module | None = None, trainer: Trainer | None = None) -> dict[str, Any]:
+    """BN statistics recalibration, then fine-tuning on the training split (distilled from `teacher` if given):
+    the built-in loop on the options' device, or the user's train_fn (which gets no teacher)."""
+    trainer = trainer or Trainer()
     if bn_recalibration:
         recalibrate_bn(model, data.calibration_batches())
     done = {"bn_recalibration": bn_recalibration, "finetune_epochs": 0, "distillation": False}
     if can_train and epochs > 0:
-        finetune(model, data, epochs, seed=seed, teacher=teacher,
-                 progress=(lambda e, n, loss: progress(f"fine-tuning: epoch {e}/{n}, loss {loss:.3f}"))
-                 if progress else None)
+        trainer.finetune(model, data, epochs, seed=seed, teacher=teacher,
+                         progress=_fine_tuning_progress(progress) if progress else None)
         done["finetune_epochs"] = epochs
-        done["distillation"] = teacher is not None
+        done["distillation"] = teacher is not None and trainer.train_fn is None
+        if trainer.train_fn is not None:
+            done["train_fn"] = trainer.train_label
     return done
+
+
+def _fine_tuning_progress(progress: Callable[[str], None]) -> Callable[[TrainStatus], None]:
+    return lambda status: progress(f"fine-tuning: {status.describe()}")
 
 
 @dataclass
@@ -221,11 +247,8 @@ def save_model_pt(path: Path, model: nn.Module, loaded: LoadedModel, widths: dic
     return save_artifact(path, model, loaded, widths)
 
 
-def accuracy_stage(runner: Runner, deployed: Deployed, data: DataBundle, batch: int = 64) -> float:
-    """Top-1 accuracy (percent) of the deployed artifact itself on the validation split."""
-    correct = n = 0
-    for x, y in data.loader("val", batch):
-        out = runner.infer(deployed, x.numpy())
-        correct += int((np.argmax(out, 1) == y.numpy()).sum())
-        n += len(y)
-    return 100.0 * correct / max(n, 1)
+def accuracy_stage(runner: Runner, deployed: Deployed, data: DataBundle, batch: int = 64,
+                   trainer: Trainer | None = None) -> float:
+    """The deployed artifact's own score: top-1 accuracy (percent) on the validation split, or the user's
+    eval_fn given the artifact as it runs on the target runtime (labelled by Trainer.metric)."""
+    return (trainer or Trainer()).accuracy_deployed(runner, deployed, data, batch)
