@@ -14,7 +14,7 @@ from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 
 from ..errors import ConfigError
 
-DATA_HELP = "use --data digits or --data imagefolder:PATH"
+DATA_HELP = "use --data digits, --data imagefolder:PATH or --data pkg.module:factory"
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +56,10 @@ def load_data(spec: str, input_shape: tuple[int, int, int], seed: int = 0, val_f
         return _digits(input_shape, seed, val_fraction)
     if spec.startswith("imagefolder:"):
         return _imagefolder(Path(spec.split(":", 1)[1]), input_shape, seed, val_fraction)
+    from ..training.userdata import factory_data, is_factory
+
+    if is_factory(spec):  # pkg.module:factory -> (train, val) datasets of the user's
+        return factory_data(spec, input_shape)
     raise ConfigError(f"unknown data {spec!r}: {DATA_HELP}")
 
 

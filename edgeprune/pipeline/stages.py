@@ -5,6 +5,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -24,6 +25,7 @@ from ..backends import Deployed, RunContext, Runner, get_runner, measurable_here
 from ..backends.jetson.telemetry import JetsonMonitor, MonitoredRunner
 from ..pruning.recover import recalibrate_bn
 from ..training import Trainer, TrainStatus, fit
+from ..training.userdata import is_factory
 
 log = logging.getLogger(__name__)
 
@@ -123,7 +125,10 @@ def model_stage(config: BuildConfig, progress: Callable[[str], None] | None = No
     shape = config.input_shape or ((1, 32, 32) if is_zoo and config.data == "digits" else
                                    (3, 32, 32) if is_zoo else None)
     data = None
-    if config.data and shape is not None:
+    if is_factory(config.data):  # the user's datasets say their shape
+        data = load_data(config.data, config.input_shape, seed=config.seed)
+        shape = data.input_shape
+    elif config.data and shape is not None:
         data = load_data(config.data, shape, seed=config.seed)
     torch.manual_seed(config.seed)  # a built-in model's initial weights, so a cold-cache build is reproducible
     loaded = load_model(config.model, config.weights, shape, num_classes=data.num_classes if data else None,
@@ -154,7 +159,7 @@ def train_cached(loaded: LoadedModel, data: DataBundle, epochs: int, seed: int,
     if recipe:  # another device, optimizer or augmentation trains other weights; the default keeps its old key
         key["train"] = recipe
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
-    path = cache_dir() / "trained" / f"{loaded.name}-{data.name}-{digest}.pt"
+    path = cache_dir() / "trained" / f"{loaded.name}-{re.sub(r'[^A-Za-z0-9._-]+', '_', data.name)}-{digest}.pt"
     if path.is_file():
         try:
             loaded.module.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
