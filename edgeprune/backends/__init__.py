@@ -53,6 +53,11 @@ def measurable_here(spec: Any, host: Any) -> str | None:
             return f"this host is not a Jetson; measure {spec.name} on one, or over SSH with --remote user@host"
         if spec.jetson_model and spec.jetson_model.lower() not in host.jetson_model.lower():
             return f"this host is a {host.jetson_model}, not a {spec.name}"
+    from ..targets.devices import device_refusal  # a TensorRT the device's JetPack releases do not ship
+
+    why = device_refusal(spec, getattr(host, "tensorrt", None), whose="this host's")
+    if why:
+        return why
     if spec.runner not in RUNNERS:
         return f"device {spec.name} names runner {spec.runner!r}, which edgeprune does not know"
     return runner_class(spec.runner).host_support(tuple(spec.providers), host)

@@ -20,6 +20,7 @@ from .onnx_info import OnnxInfo, inspect_onnx, rechunk
 from .plan import (MIN_SUPPORTED, PRECISIONS, BuildOptions, BuildPlan, parse_trt_version, plan_build, profile_shapes,
                    version_str)
 from ...files import atomic_write_bytes
+from ...targets.devices import DeviceSpec, device_refusal
 from .sidecar import (EngineMetadata, check_engine_compatible, engine_artifacts, metadata_path,
                       read_metadata, rebuild_reason, stale_reason, write_metadata)
 
@@ -29,16 +30,22 @@ _LOG = log  # build_engine's `log` parameter shadows the module logger
 
 def build_engine(onnx_path: Path, engine_path: Path, options: BuildOptions = BuildOptions(),
                  calibration_batches: Iterable[np.ndarray] | None = None,
-                 log: logging.Logger | None = None) -> EngineMetadata:
+                 log: logging.Logger | None = None, device: "DeviceSpec | None" = None) -> EngineMetadata:
     """Build a serialized engine from `onnx_path` into `engine_path` (atomically) and write its sidecar.
 
     INT8 calibration reads `calibration_batches` (float32 arrays, NCHW, any batch size: re-cut to the engine's)
     through an IInt8EntropyCalibrator2 whose device buffer is a torch.cuda tensor: PyTorch is already a
     dependency and gives device memory, copies and a data pointer without adding cuda-python or pycuda.
+    `device` (targets.DeviceSpec): refuse, before TensorRT is asked anything, a TensorRT version or DLA core the
+    device file says the board does not have.
     """
     logger = log if log is not None else _LOG
     trt = import_tensorrt()
     version = parse_trt_version(trt.__version__)
+    if device is not None:
+        why = device_refusal(device, trt.__version__, dla_core=options.dla_core, whose="this host's")
+        if why:
+            raise ConfigError(why)
     onnx_path, engine_path = Path(onnx_path), Path(engine_path)
     info = inspect_onnx(onnx_path)
     gpu_name, cc = cuda_device_identity()
