@@ -9,6 +9,31 @@ on its next call: `create` turns both into "TensorRT found no usable CUDA device
 """
 from __future__ import annotations
 
+# Why not Polygraphy (issue 15 item 4; read in polygraphy 0.53.6 from PyPI: pure Python, no dependencies, so it
+# would install beside the pins, and it knows TensorRT 8.x-11.x: explicit batch only before 10, STRONGLY_TYPED,
+# a critical error where 11 removed FP16/INT8 flags or calibrators, IStreamReaderV2).
+# What it covers of ours: NetworkFromOnnxPath (parse_from_file, strongly_typed), CreateConfig (precision flags,
+#   profiles, workspace pool, builder_optimization_level, timing cache, DLA with GPU fallback, calibrator and
+#   calibration profile), EngineFromNetwork / EngineFromPath, and TrtRunner, which checks set_input_shape,
+#   set_tensor_address, create_execution_context and execute_async_v3 as runner.py does; its Comparator
+#   overlaps our parity check.
+# What it does not do, and issue 15 needs: (1) it makes trt.Builder / trt.Runtime and goes on without reading
+#   what TensorRT logged, so 11.x without a GPU crashes on the next call instead of the one line `create` gives;
+#   (2) its failures are PolygraphyException("Invalid Engine. Please ensure the engine was built correctly")
+#   while TensorRT's reason goes only to its own logger; parser errors likewise; (3) it installs its own
+#   process-wide ILogger, and TensorRT keeps the first logger it is given, so ours and its cannot both collect
+#   errors in one process; (4) set_timing_cache's refusal of a cache from another GPU/version is not checked on
+#   load, and on save the old cache is merged in with ignore_mismatch=True; we refuse and start a new one;
+#   (5) use_dla always sets DLA_core = 0 (no second core), and on a board without DLA only warns when GPU
+#   fallback is on; (6) no sidecar (GPU, compute
+#   capability, TensorRT version, ONNX hash, plan) to refuse an engine from another device before
+#   deserializing, no trtexec command lines or output parsing, no per-version plan that refuses in one line;
+#   (7) the real-bindings test (tests/test_trt_bindings.py) reads the tensorrt names of this package's source;
+#   Polygraphy's ~4,700 lines of TensorRT calls would be outside it, and nothing here can run TensorRT.
+# Decision: keep the hand-written builder and runner (plan.py, engine.py, runner.py, this module); not a
+#   dependency. Polygraphy stays the model for the structure (loaders beside runners, lazy imports) and a
+#   tool for users debugging an engine (`polygraphy run model.onnx --trt --onnxrt`).
+
 import logging
 from typing import Any, Callable, Sequence
 

@@ -6,7 +6,7 @@ Three TensorRT generations are in the field and each one changed the builder API
   10.x   (JetPack 6.1+, x86)        explicit batch is implied (the flag is deprecated and ignored); the same
                                      precision flags still work ("weak typing", deprecated since 10.12);
                                      calibrators deprecated since 10.1; STRONGLY_TYPED networks available.
-  11.x   (x86 / SBSA; no JetPack)   every network is strongly typed: BuilderFlag.FP16/INT8/OBEY_PRECISION_...
+  11.x   (x86 / SBSA; AGX Orin only) every network is strongly typed: BuilderFlag.FP16/INT8/OBEY_PRECISION_...
                                      and IBuilderConfig.int8_calibrator are removed, so reduced precision must
                                      already be in the ONNX (ModelOpt AutoCast for FP16, Q/DQ nodes for INT8).
 `plan_build` turns options + version into a `BuildPlan`; engine.build_engine applies it with the real API.
@@ -199,8 +199,11 @@ def plan_build(options: BuildOptions, trt_version: Sequence[int], has_dla: bool,
     default_device, dla_core = "GPU", None
     if options.dla_core is not None:
         if major >= 11:
-            raise RuntimeUnavailable("TensorRT 11 does not support DLA (nor JetPack): build DLA engines with "
-                                     "JetPack's TensorRT 8.6 / 10.x")
+            # NVIDIA's TensorRT 11.4.1 docs: no DLA in 11.0-11.3; from 11.4.1 only on AGX Orin with JetPack
+            # 7.2.2+ (strongly typed). That path has not been checked here, so DLA stays on 8.5-10.x.
+            raise RuntimeUnavailable("TensorRT 11 does not support DLA in edgeprune (NVIDIA has it only from 11.4.1 "
+                                     "on AGX Orin with JetPack 7.2.2, not checked here): build DLA engines with "
+                                     "JetPack's TensorRT 8.5 / 8.6 / 10.3")
         if not has_dla:
             raise RuntimeUnavailable(f"DLA core {options.dla_core} was asked for, but this device has no DLA "
                                      "(Orin Nano and x86 GPUs have none): drop dla_core")
