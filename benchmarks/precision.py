@@ -30,9 +30,8 @@ from edgeprune.backends.base.stats import paired_ratio
 from edgeprune.backends.onnxrt.runner import OnnxRuntimeRunner
 from edgeprune.data import load_data
 from edgeprune.export.onnx import export_onnx
-from edgeprune.export.precision import (
-    CALIBRATION_METHODS, check_precision_parity, convert_fp16, quantize_int8, run_onnx,
-)
+from edgeprune.export.precision import check_precision_parity, convert_fp16, run_onnx
+from edgeprune.export.quantize import CALIBRATION_METHODS, quantize_int8
 from edgeprune.models import load_model
 from edgeprune.pipeline.stages import train_cached
 

@@ -151,7 +151,8 @@ class BuildConfig:
             object.__setattr__(self, "input_shape", shape)
 
     def _check_precision(self) -> None:
-        from .export.precision import CALIBRATION_METHODS, PRECISIONS
+        from .export.precision import PRECISIONS
+        from .export.quantize import CALIBRATION_METHODS
 
         if self.precision is not None and self.precision not in ("auto", *PRECISIONS):
             raise ConfigError(f"precision {self.precision!r} is unknown: use auto, {', '.join(PRECISIONS)}")

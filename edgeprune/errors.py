@@ -2,6 +2,13 @@
 from __future__ import annotations
 
 
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's message, at most 200 characters (its type's name when it has none): how
+    a library's failure is quoted inside a one-line error."""
+    text = str(exc).strip()
+    return text.splitlines()[0][:200] if text else type(exc).__name__
+
+
 class EdgepruneError(Exception):
     """A failure caused by input or environment, reported as one line and a non-zero exit code."""
 

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from edgeprune.errors import RuntimeUnavailable
-from edgeprune.backends.trt.engine import read_metadata
+from edgeprune.backends.trt.sidecar import read_metadata
 from edgeprune.backends import RUNNERS, get_runner
 from edgeprune.backends.trt import trtexec_cli as trtexec_module
 from edgeprune.backends.trt.runner import TensorRTRunner
@@ -153,7 +153,7 @@ def test_tensorrt_runner_fp16_with_cuda_graph(needs_tensorrt, tiny_model, tmp_pa
     runner = TensorRTRunner(precision="fp16", cuda_graph=True)
     import tensorrt as trt
 
-    from edgeprune.backends.trt.engine import parse_trt_version
+    from edgeprune.backends.trt.plan import parse_trt_version
 
     if parse_trt_version(trt.__version__)[0] >= 11:
         pytest.skip("TensorRT 11 builds fp16 only from an FP16 (AutoCast) ONNX; this test's ONNX is fp32")

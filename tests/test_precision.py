@@ -13,9 +13,9 @@ from edgeprune.data import load_data
 from edgeprune.errors import ConfigError, ModelLoadError
 from edgeprune.export.onnx import export_onnx
 from edgeprune.export.precision import (
-    TOLERANCES, Tolerance, check_precision_parity, compare_logits, convert_fp16, int8_layer_sensitivity,
-    quantize_int8, quantize_int8_within_tolerance, run_onnx,
+    TOLERANCES, Tolerance, check_precision_parity, compare_logits, convert_fp16, run_onnx,
 )
+from edgeprune.export.quantize import int8_layer_sensitivity, quantize_int8, quantize_int8_within_tolerance
 
 SHAPE = (1, 32, 32)
 
@@ -207,7 +207,7 @@ def test_bad_inputs_raise_one_clear_error(fp32_onnx, digits, tmp_path):
 def test_a_calibrator_that_fails_is_a_failed_try_and_all_failing_is_one_error(fp32_onnx, digits, tmp_path,
                                                                                monkeypatch):
     from edgeprune.export import quantize
-    from edgeprune.export.precision import QuantizationFailed
+    from edgeprune.export.quantize import QuantizationFailed
 
     real = quantize.quantize_int8
 

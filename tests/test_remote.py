@@ -252,7 +252,7 @@ def test_what_the_far_side_built_comes_back_whole(own_session, tiny_onnx, tmp_pa
 
 
 def test_the_timing_cache_goes_there_and_comes_back(own_session, tiny_onnx, tmp_path):
-    from edgeprune.backends.trt.engine import BuildOptions
+    from edgeprune.backends.trt.plan import BuildOptions
 
     s = own_session
     _, onnx_path = tiny_onnx

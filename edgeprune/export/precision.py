@@ -122,7 +122,7 @@ def convert_fp16(onnx_in: Path, onnx_out: Path, keep_fp32_ops: Sequence[str] = F
              ", ".join(sorted(present & set(block))) or "no op type")
     converted = convert_float_to_float16(model, keep_io_types=True, op_block_list=block,
                                          node_block_list=list(keep_fp32_nodes))
-    _save_checked(_toposorted(converted), onnx_out)
+    save_checked(_toposorted(converted), onnx_out)
     return PrecisionResult(
         "fp16", Path(onnx_out), "onnxruntime.transformers.float16", onnxruntime.__version__,
         excluded_nodes=tuple(keep_fp32_nodes), kept_fp32_ops=tuple(sorted(present & set(block))),
@@ -203,7 +203,7 @@ def load_checked(path: Path):
     return model
 
 
-def _save_checked(model, path: Path) -> None:
+def save_checked(model, path: Path) -> None:
     import onnx
 
     Path(path).parent.mkdir(parents=True, exist_ok=True)
@@ -225,12 +225,6 @@ def op_counts(model) -> dict[str, int]:
     return dict(sorted(ops.items()))
 
 
-# int8 lives beside this module (quantize.py) and is part of the same public surface.
-from .quantize import (  # noqa: E402
-    CALIBRATION_METHODS, QDQ_PROFILES, QuantizationFailed, int8_layer_sensitivity, quantize_int8, quantize_int8_within_tolerance,
-)
 
-__all__ = ["CALIBRATION_METHODS", "FP16_KEEP_FP32_OPS", "PRECISIONS", "PrecisionParity", "PrecisionResult",
-           "QuantizationFailed",
-           "QDQ_PROFILES", "TOLERANCES", "Tolerance", "check_precision_parity", "compare_logits", "convert_fp16",
-           "int8_layer_sensitivity", "quantize_int8", "quantize_int8_within_tolerance"]
+__all__ = ["FP16_KEEP_FP32_OPS", "PRECISIONS", "PrecisionParity", "PrecisionResult", "TOLERANCES", "Tolerance",
+           "check_precision_parity", "compare_logits", "convert_fp16", "save_checked"]

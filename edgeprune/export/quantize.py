@@ -27,8 +27,8 @@ import numpy as np
 
 from ..errors import ConfigError
 from .precision import (
-    PrecisionParity, PrecisionResult, Tolerance, _save_checked, as_batches, compare_logits, load_checked,
-    model_batches, op_counts, run_onnx,
+    PrecisionParity, PrecisionResult, Tolerance, as_batches, compare_logits, load_checked,
+    model_batches, op_counts, run_onnx, save_checked,
 )
 
 log = logging.getLogger(__name__)
@@ -90,7 +90,7 @@ def quantize_int8(onnx_in: Path, onnx_out: Path, calibration: Iterable[np.ndarra
 
     quantized = onnx.load(str(onnx_out))
     moved = _fuse_residual_adds(quantized) if profile["fuse_residual_add"] else []
-    _save_checked(quantized, onnx_out)
+    save_checked(quantized, onnx_out)
     settings = {k: v for k, v in kwargs.items() if k in ("op_types_to_quantize", "extra_options")}
     settings.update(activation_type=profile["activation_type"], weight_type="QInt8",
                     residual_add_inputs_unquantized=moved, only_nodes=list(only_nodes))

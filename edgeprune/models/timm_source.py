@@ -3,18 +3,18 @@ time; --weights loads the user's). Its input shape is the one its pretrained_cfg
 otherwise; a model whose position embeddings fix the image size (ViT-style) is built for the size asked for."""
 from __future__ import annotations
 
-from ..errors import ModelLoadError
+from ..errors import ModelLoadError, first_line
 
 
 def load_timm(name: str, input_shape, num_classes):
-    from . import LoadedModel, _first_line, close_names, shape_from_module
+    from . import LoadedModel, close_names, shape_from_module
 
     try:
         import timm
     except ImportError:
         raise ModelLoadError("timm is not installed: pip install edgeprune[timm] (or pip install timm)") from None
     except Exception as exc:  # an incompatible timm/torch pair fails at import
-        raise ModelLoadError(f"timm cannot be imported ({_first_line(exc)}): reinstall with ./run.sh's constraints") from None
+        raise ModelLoadError(f"timm cannot be imported ({first_line(exc)}): reinstall with ./run.sh's constraints") from None
     if not name or not timm.is_model(name):
         raise ModelLoadError(f"unknown timm model {name!r}{close_names(name, timm.list_models())}: "
                              "see timm.list_models() for names")
@@ -32,7 +32,7 @@ def load_timm(name: str, input_shape, num_classes):
             pass
         except Exception as exc:
             raise ModelLoadError(f"timm:{name} cannot be built for input shape {list(input_shape)}: "
-                                 f"{_first_line(exc)}; check --input-shape") from None
+                                 f"{first_line(exc)}; check --input-shape") from None
     shape = tuple(int(s) for s in input_shape) if input_shape else default
     if shape is None:
         raise ModelLoadError(f"timm:{name} does not say its input size: give --input-shape C,H,W")
@@ -40,10 +40,8 @@ def load_timm(name: str, input_shape, num_classes):
 
 
 def _create(timm, name: str, kwargs: dict, input_shape):
-    from . import _first_line
-
     try:
         return timm.create_model(name, **kwargs)
     except Exception as exc:
-        raise ModelLoadError(f"timm:{name} cannot be built ({type(exc).__name__}: {_first_line(exc)})"
+        raise ModelLoadError(f"timm:{name} cannot be built ({type(exc).__name__}: {first_line(exc)})"
                              + ("; check --input-shape" if input_shape else "")) from None

@@ -14,7 +14,7 @@ from ..backends.base.stats import LatencyStats
 from ..config import BuildConfig
 from ..errors import BudgetNotMet, ConfigError, ParityError
 from ..export.onnx import export_onnx
-from ..export.precision import QuantizationFailed
+from ..export.quantize import QuantizationFailed
 from ..files import StagedOutput, work_dir
 from ..pruning.allocation import Allocator
 from ..pruning.prune import DEEPEST_RATIO, prunable_widths, prune_model

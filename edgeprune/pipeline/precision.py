@@ -16,10 +16,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ..errors import ConfigError, RuntimeUnavailable
-from ..export.precision import (
-    CALIBRATION_METHODS, PRECISIONS, QuantizationFailed, compare_logits, convert_fp16, quantize_int8,
-    quantize_int8_within_tolerance, run_onnx,
-)
+from ..export.precision import PRECISIONS, compare_logits, convert_fp16, run_onnx
+from ..export.quantize import CALIBRATION_METHODS, QuantizationFailed, quantize_int8, quantize_int8_within_tolerance
 
 if TYPE_CHECKING:  # attempt.py imports this module
     from .attempt import BuildState

@@ -14,7 +14,7 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
-from ..errors import ModelLoadError
+from ..errors import ModelLoadError, first_line
 
 log = logging.getLogger(__name__)
 
@@ -247,13 +247,8 @@ def _graph(model: nn.Module, example: torch.Tensor, part: bool = False, opaque: 
             for _ in graph.get_all_groups(ignored_layers=ignored, root_module_types=PRUNABLE):
                 rearm()  # the limit is per group: a large graph has many groups, each resolved quickly
     except Exception as exc:
-        raise _TraceFailed(f"{type(exc).__name__}: {_first_line(exc)}", _culprit(model, exc)) from None
+        raise _TraceFailed(f"{type(exc).__name__}: {first_line(exc).rstrip('.')}", _culprit(model, exc)) from None
     return graph, ignored
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0][:200].rstrip(".") if text else ""
 
 
 def _culprit(model: nn.Module, exc: BaseException) -> nn.Module | None:

@@ -88,7 +88,7 @@ class Worker:
 
         options = dict(req.get("options") or {})
         if isinstance(options.get("options"), dict):  # TensorRT build options travel as a dict
-            from ..trt.engine import BuildOptions
+            from ..trt.plan import BuildOptions
 
             options["options"] = BuildOptions.from_dict(options["options"])
         runner = get_runner(req["runner"], **options)
@@ -116,7 +116,7 @@ class Worker:
                                          "the sender's): the connection broke during the copy; run again")
         deployed = self._runner().prepare(Path(req["onnx"]), Path(req["workdir"]))
         self.deployed[str(deployed.path)] = deployed
-        from ..trt.engine import metadata_path
+        from ..trt.sidecar import metadata_path
 
         produced = [deployed.path, metadata_path(deployed.path)]
         return {"deployed": _deployed_dict(deployed),

@@ -1,8 +1,6 @@
 """Building a TensorRT engine with the real API: `build_engine` applies a `BuildPlan` (plan.py) through the tensorrt
 module and writes the engine and its sidecar (sidecar.py). Every status TensorRT returns is checked (api.py).
-
-This module also re-exports the public names of plan.py, sidecar.py, onnx_info.py and api.py, the places where
-engine building used to live, so `from edgeprune.backends.trt.engine import BuildOptions` keeps working.
+The plan, sidecar and ONNX-inspection names are imported from where they are defined, not from here.
 """
 from __future__ import annotations
 
@@ -16,13 +14,11 @@ import numpy as np
 from ...errors import ConfigError, EdgepruneError, RuntimeUnavailable
 from .api import (add_optimization_profile, create, cuda_device_identity, import_tensorrt, last_error,
                   parser_errors, tensorrt_logger)
-from .onnx_info import OnnxInfo, inspect_onnx, rechunk
-from .plan import (MIN_SUPPORTED, PRECISIONS, BuildOptions, BuildPlan, parse_trt_version, plan_build, profile_shapes,
-                   version_str)
+from .onnx_info import inspect_onnx, rechunk
+from .plan import BuildOptions, parse_trt_version, plan_build, profile_shapes
 from ...files import atomic_write_bytes
 from ...targets.devices import DeviceSpec, device_refusal
-from .sidecar import (EngineMetadata, check_engine_compatible, engine_artifacts, metadata_path,
-                      read_metadata, rebuild_reason, stale_reason, write_metadata)
+from .sidecar import EngineMetadata, write_metadata
 
 log = logging.getLogger(__name__)
 _LOG = log  # build_engine's `log` parameter shadows the module logger
@@ -182,10 +178,3 @@ def _make_calibrator(trt, batches: Iterator[np.ndarray], batch_shape: tuple[int,
 
     return _Calibrator()
 
-
-__all__ = [
-    "MIN_SUPPORTED", "PRECISIONS", "BuildOptions", "BuildPlan", "EngineMetadata", "OnnxInfo", "atomic_write_bytes",
-    "build_engine", "check_engine_compatible", "cuda_device_identity", "engine_artifacts", "import_tensorrt",
-    "inspect_onnx", "metadata_path", "parse_trt_version", "plan_build", "profile_shapes", "read_metadata",
-    "rebuild_reason", "rechunk", "stale_reason", "tensorrt_logger", "version_str", "write_metadata",
-]
