@@ -131,6 +131,22 @@ class Runner(abc.ABC):
                                               "monitor"}
 
 
+class WrappingRunner(Runner):
+    """A runner around another (a telemetry monitor, or the same runner on a far host): what ships beside the
+    ONNX file, which precisions it runs and its int8 layout are the inner runner's."""
+
+    inner: Runner
+
+    def shipped(self, deployed: Deployed) -> dict[str, Path]:  # type: ignore[override]
+        return self.inner.shipped(deployed)
+
+    def precision_unsupported(self, precision: str) -> str | None:  # type: ignore[override]
+        return self.inner.precision_unsupported(precision)
+
+    def int8_profile(self) -> str:  # type: ignore[override]
+        return self.inner.int8_profile()
+
+
 def run_static_batches(run_one, batch: np.ndarray, static_batch: int) -> np.ndarray:
     """Feed a batch of any size to an artifact whose batch dimension is fixed, padding the last chunk."""
     outs = []

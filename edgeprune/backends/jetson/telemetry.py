@@ -19,7 +19,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from ..base.runner import Deployed, Runner
+from ..base.runner import Deployed, Runner, WrappingRunner
 from ..base.stats import LatencyStats
 from . import samplers
 from .parsers import lines_unread, samples_unread, summarize_samples
@@ -31,7 +31,7 @@ DEFAULT_INTERVAL_MS = 100
 CLOCKS_ADVICE = "run `sudo jetson_clocks` on the device before measuring (and keep the nvpmodel mode fixed)"
 
 
-class MonitoredRunner(Runner):
+class MonitoredRunner(WrappingRunner):
     """Another runner, with Jetson telemetry recorded around each of its measurements (or, where this host is no
     Jetson, with the reason there is none)."""
 
@@ -65,15 +65,6 @@ class MonitoredRunner(Runner):
 
     def parity_tolerance(self) -> tuple[float, float]:
         return self.inner.parity_tolerance()
-
-    def shipped(self, deployed: Deployed) -> dict[str, Path]:  # type: ignore[override]
-        return self.inner.shipped(deployed)
-
-    def precision_unsupported(self, precision: str) -> str | None:  # type: ignore[override]
-        return self.inner.precision_unsupported(precision)
-
-    def int8_profile(self) -> str:  # type: ignore[override]
-        return self.inner.int8_profile()
 
     def release(self) -> Any:
         return self.inner.release()

@@ -17,13 +17,13 @@ from typing import Any
 import numpy as np
 
 from ...errors import ConfigError
-from ..base.runner import Deployed, Runner
+from ..base.runner import Deployed, WrappingRunner
 from ..base.stats import LatencyStats
 from .session import SshSession
 from .target import SshTarget, check_ssh_options, parse_target
 
 
-class RemoteRunner(Runner):
+class RemoteRunner(WrappingRunner):
     """The device's runner, run on the far side of an SshSession; files go there, results come back."""
 
     def __init__(self, session: SshSession, runner: str, options: dict[str, Any] | None = None,
@@ -41,15 +41,6 @@ class RemoteRunner(Runner):
             session.push_file(self._local_cache, self._remote_cache)
         started = session.request("start", runner=runner, options=self._far_options(), interval_ms=interval_ms)
         self._describe, self._tolerance = started["describe"], tuple(started["parity_tolerance"])
-
-    def shipped(self, deployed: Deployed) -> dict[str, Path]:  # type: ignore[override]
-        return self.inner.shipped(deployed)
-
-    def precision_unsupported(self, precision: str) -> str | None:  # type: ignore[override]
-        return self.inner.precision_unsupported(precision)
-
-    def int8_profile(self) -> str:  # type: ignore[override]
-        return self.inner.int8_profile()
 
     def available(self) -> str | None:
         return None if not self.session.closed else f"the session on {self.session.target} is closed"
