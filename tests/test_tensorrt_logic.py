@@ -850,6 +850,14 @@ if os.environ.get("FAKE_TRTEXEC_FAIL") and "--saveEngine" in opts:
     print("[01/01/2025-00:00:00] [E] Error[4]: [network.cpp::validate::3100] unsupported layer /conv1/Conv")
     print("&&&& FAILED TensorRT.trtexec [TensorRT v100600] [b26] # trtexec")
     sys.exit(1)
+kill = os.environ.get("FAKE_TRTEXEC_KILL")  # "build" / "run": killed half way, as by the OOM killer or Ctrl-C
+if (kill == "build" and "--saveEngine" in opts) or (kill == "run" and "--exportTimes" in opts):
+    import signal
+    if "--saveEngine" in opts:
+        open(opts["--saveEngine"], "wb").write(b"FAKE-EN")  # half an engine
+    print("[I] === Performance summary ===", flush=True)
+    print("[I] Throughput: 19", flush=True)
+    os.kill(os.getpid(), signal.SIGKILL)
 graph = "--useCudaGraph" in opts
 if os.environ.get("FAKE_TRTEXEC_LIE"):
     graph = not graph
@@ -944,6 +952,22 @@ def test_trtexec_runner_refuses_a_run_whose_settings_differ(fake_trtexec, tmp_pa
     monkeypatch.setenv("FAKE_TRTEXEC_LIE", "1")
     with pytest.raises(EdgepruneError, match="CUDA Graph enabled although disabled"):
         runner.measure(dep, warmup=1, iters=2, blocks=1)
+
+
+def test_trtexec_killed_half_way_is_one_line_and_leaves_no_engine(fake_trtexec, tmp_path, monkeypatch):
+    script, _ = fake_trtexec
+    onnx_path = _tiny_onnx(tmp_path / "model.onnx", batch=2)
+    work = tmp_path / "work"
+    dep = TrtexecRunner(precision="fp16", executable=str(script)).prepare(onnx_path, work)
+    monkeypatch.setenv("FAKE_TRTEXEC_KILL", "build")
+    with pytest.raises(EdgepruneError) as err:  # a rebuild (another precision) killed half way
+        TrtexecRunner(precision="fp32", executable=str(script)).prepare(onnx_path, work)
+    msg = err.value.message
+    assert msg.startswith("trtexec was killed by SIGKILL before it finished") and "\n" not in msg
+    assert sorted(p.name for p in work.iterdir()) == sorted([dep.path.name, dep.path.name + ".json"])
+    monkeypatch.setenv("FAKE_TRTEXEC_KILL", "run")
+    with pytest.raises(EdgepruneError, match="^trtexec was killed by SIGKILL"):
+        TrtexecRunner(precision="fp16", executable=str(script)).measure(dep, warmup=1, iters=2, blocks=1)
 
 
 def test_trtexec_runner_build_failure_is_one_clear_line(fake_trtexec, tmp_path, monkeypatch):

@@ -18,7 +18,7 @@ from .onnx_info import inspect_onnx, rechunk
 from .plan import BuildOptions, parse_trt_version, plan_build, profile_shapes
 from ...files import atomic_write_bytes
 from ...targets.devices import DeviceSpec, device_refusal
-from .sidecar import EngineMetadata, write_metadata
+from .sidecar import EngineMetadata, read_metadata, write_metadata
 
 log = logging.getLogger(__name__)
 _LOG = log  # build_engine's `log` parameter shadows the module logger
@@ -130,6 +130,7 @@ def build_engine(onnx_path: Path, engine_path: Path, options: BuildOptions = Bui
         plan=plan.to_dict(), profile_shapes=profiles, built_with="tensorrt-python",
         build_seconds=round(seconds, 2), created=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
     write_metadata(engine_path, meta)
+    meta = read_metadata(engine_path) or meta  # with the engine's size and sha256
     logger.info("built %s with TensorRT %s in %.1fs (%s)", engine_path.name, trt.__version__, seconds,
                 plan.precision)
     return meta

@@ -23,7 +23,8 @@ from .base import TensorRTArtifacts
 from .engine import build_engine
 from .onnx_info import inspect_onnx
 from .plan import MIN_SUPPORTED, BuildOptions, parse_trt_version, version_str
-from .sidecar import EngineMetadata, rebuild_reason
+from .sidecar import (EngineMetadata, check_engine_compatible, check_engine_file, read_metadata,
+                      rebuild_reason)
 
 log = logging.getLogger(__name__)
 
@@ -159,6 +160,12 @@ class _EngineSession:
 
         self.torch = torch
         self.trt_logger = tensorrt_logger(trt)
+        # What the sidecar says is checked first: an engine from another TensorRT or GPU, or cut short, is one
+        # line here, where deserializing it could fail without a reason or crash.
+        meta = read_metadata(Path(engine_path))
+        if meta is not None:
+            check_engine_file(Path(engine_path), meta)
+            check_engine_compatible(meta, trt.__version__, *cuda_device_identity(device))
         self.runtime = create(self.trt_logger, trt.Runtime, "Runtime")
         self.engine = self.runtime.deserialize_cuda_engine(Path(engine_path).read_bytes())
         if self.engine is None:

@@ -2,9 +2,10 @@
 what ships of it."""
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -36,6 +37,10 @@ class EngineMetadata(DictRecord):
     built_with: str = "tensorrt-python"      # or "trtexec"
     build_seconds: float | None = None
     created: str = ""
+    # The engine file's size and sha256, filled in by write_metadata: a truncated or replaced engine is refused
+    # before TensorRT deserializes it (sidecars of older edgeprune versions lack them and skip that check).
+    engine_bytes: int | None = None
+    engine_sha256: str | None = None
 
 
 def engine_artifacts(engine: Path) -> dict[str, Path]:
@@ -54,8 +59,12 @@ def metadata_path(engine_path: Path) -> Path:
 
 
 def write_metadata(engine_path: Path, meta: EngineMetadata) -> Path:
-    """Write the sidecar atomically, so a crash never leaves an engine described by a half-written file."""
+    """Write the sidecar atomically, so a crash never leaves an engine described by a half-written file; with
+    the engine's size and hash when the engine is there (it is written first)."""
     path = metadata_path(engine_path)
+    if Path(engine_path).is_file():
+        data = Path(engine_path).read_bytes()
+        meta = replace(meta, engine_bytes=len(data), engine_sha256=hashlib.sha256(data).hexdigest())
     atomic_write_bytes(path, (json.dumps(meta.to_dict(), indent=2, sort_keys=True) + "\n").encode())
     return path
 
@@ -93,6 +102,24 @@ def check_engine_compatible(meta: EngineMetadata, current_trt_version: str | Seq
                  current_gpu_name, current_cc)
 
 
+def check_engine_file(engine_path: Path, meta: EngineMetadata | None) -> None:
+    """Raise EdgepruneError (one line) when the engine file is not the one its sidecar describes: cut short (a
+    copy or a build that was killed) or replaced. Checked before deserializing, which a damaged plan can crash."""
+    if meta is None or meta.engine_bytes is None:
+        return
+    try:
+        data = Path(engine_path).read_bytes()
+    except OSError as exc:
+        raise EdgepruneError(f"engine {engine_path} cannot be read ({exc}): rebuild it") from None
+    if len(data) != meta.engine_bytes:
+        what = "truncated" if len(data) < meta.engine_bytes else "longer than built"
+        raise EdgepruneError(f"engine {engine_path} is {what}: {len(data)} bytes where its sidecar says "
+                             f"{meta.engine_bytes}; rebuild the engine")
+    if meta.engine_sha256 and hashlib.sha256(data).hexdigest() != meta.engine_sha256:
+        raise EdgepruneError(f"engine {engine_path} is not the one its sidecar describes (sha256 differs): "
+                             "rebuild the engine")
+
+
 def stale_reason(meta: EngineMetadata | None, onnx_sha256: str, options: BuildOptions) -> str | None:
     """Why an existing engine does not match this ONNX and these options (None: it does, reuse it)."""
     if meta is None:
@@ -119,6 +146,10 @@ def rebuild_reason(engine_path: Path, onnx_sha256: str, options: BuildOptions,
         return meta, "there is no engine yet"
     reason = stale_reason(meta, onnx_sha256, options)
     if reason is None:
+        try:
+            check_engine_file(engine_path, meta)
+        except EdgepruneError as exc:
+            return meta, exc.message
         gpu, cc = device_identity()
         try:
             check_engine_compatible(meta, trt_version, gpu, cc)
@@ -127,5 +158,5 @@ def rebuild_reason(engine_path: Path, onnx_sha256: str, options: BuildOptions,
     return meta, reason
 
 
-__all__ = ["METADATA_SUFFIX", "EngineMetadata", "check_engine_compatible", "engine_artifacts",
+__all__ = ["METADATA_SUFFIX", "EngineMetadata", "check_engine_compatible", "check_engine_file", "engine_artifacts",
            "metadata_path", "read_metadata", "rebuild_reason", "stale_reason", "write_metadata"]

@@ -11,6 +11,8 @@ import itertools
 import json
 import logging
 import math
+import os
+import signal
 import subprocess
 import tempfile
 import time
@@ -27,7 +29,7 @@ from .api import cuda_device_identity
 from .base import TensorRTArtifacts
 from .onnx_info import OnnxInfo, inspect_onnx
 from .plan import BuildOptions, version_str
-from .sidecar import EngineMetadata, rebuild_reason, write_metadata
+from .sidecar import EngineMetadata, metadata_path, read_metadata, rebuild_reason, write_metadata
 from .trtexec_cli import TrtexecCommand, locate_trtexec, trtexec_command, trtexec_search_path, verify_settings
 from .trtexec_output import (parse_export_output, parse_export_times, parse_help_flags, parse_trtexec_device,
                              parse_trtexec_settings, parse_trtexec_summary, parse_trtexec_version,
@@ -149,13 +151,22 @@ class TrtexecRunner(TensorRTArtifacts):
             log.info("reusing %s", engine_path)
             return meta
         log.info("building %s with trtexec: %s", engine_path.name, reason)
-        cmd = trtexec_command(onnx_path, engine_path, self.options, version, iterations=0, onnx_info=info,
+        # trtexec writes --saveEngine as it goes: it writes a partial name, renamed once it exits cleanly, so a
+        # trtexec killed half way leaves no engine that looks complete (and the stale one is gone first).
+        partial = engine_path.with_name(engine_path.name + ".partial")
+        for stale in (engine_path, metadata_path(engine_path), partial):
+            stale.unlink(missing_ok=True)
+        cmd = trtexec_command(onnx_path, partial, self.options, version, iterations=0, onnx_info=info,
                               has_dla=self.has_dla, calib_cache=self.calib_cache, available_flags=flags,
                               cuda_graph=self.cuda_graph, spin_wait=self.spin_wait,
                               data_transfers=self.data_transfers, executable=str(locate_trtexec(self.executable)))
-        text = self._run(cmd.argv)
-        if not engine_path.exists():
-            raise EdgepruneError(f"trtexec reported success but wrote no engine at {engine_path}")
+        try:
+            text = self._run(cmd.argv)
+            if not partial.is_file() or partial.stat().st_size == 0:
+                raise EdgepruneError(f"trtexec reported success but wrote no engine at {partial}")
+            os.replace(partial, engine_path)
+        finally:
+            partial.unlink(missing_ok=True)
         self._device = parse_trtexec_device(text) or self._device
         profiles = {}
         if cmd.plan and cmd.plan.profile:
@@ -167,7 +178,7 @@ class TrtexecRunner(TensorRTArtifacts):
             build_options=self.options.to_dict(), plan=cmd.plan.to_dict() if cmd.plan else {},
             profile_shapes=profiles, built_with="trtexec", created=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
         write_metadata(engine_path, meta)
-        return meta
+        return read_metadata(engine_path) or meta  # with the engine's size and sha256
 
     def _command(self, d: Deployed, version, flags, *, warmup_ms: int, iterations: int, export_times: Path | None,
                  duration_s: int = 0, extra: Sequence[str] = ()) -> TrtexecCommand:
@@ -212,6 +223,13 @@ class TrtexecRunner(TensorRTArtifacts):
             raise EdgepruneError(f"trtexec ran longer than {self.timeout_s:.0f}s and was stopped: "
                                  f"{' '.join(argv[:3])} ...") from None
         text = proc.stdout + proc.stderr
+        if proc.returncode < 0:  # killed: what it printed stops wherever the signal found it
+            try:
+                how = signal.Signals(-proc.returncode).name
+            except ValueError:
+                how = f"signal {-proc.returncode}"
+            raise EdgepruneError(f"trtexec was killed by {how} before it finished ({' '.join(argv[:2])} ...): "
+                                 f"nothing it produced is used; last said: {trtexec_error_line(text)}")
         if proc.returncode != 0 or "&&&& FAILED" in text:
             raise EdgepruneError(f"trtexec failed (exit {proc.returncode}): {trtexec_error_line(text)}")
         return text
