@@ -3,8 +3,15 @@ recovery; accuracy-critical (P = 0.5) and memory-constrained (50% / 25% of the u
 trained on digits. Every figure is a real build (prune, recover, export, measure on ONNX Runtime, evaluate the
 ONNX artifact). Prints a table, writes JSON and a plot.
 
-    .venv/bin/python benchmarks/policies.py --quick          # resnet20, one seed, a few cells (minutes)
+One result file: benchmarks/results/policies.json (+ .png). The full grid takes hours, so it is run in parts, and
+every part merges its builds into that file: a cell (seed, budget, criterion, allocation, recovery) measured again
+replaces the old one, an accuracy-critical or memory-constrained build replaces the one of the same seed and case;
+each build records the commit it was measured at. `--fresh` starts the file over; earlier versions live in git.
+
+    .venv/bin/python benchmarks/policies.py --quick          # resnet20, one seed, a few cells (minutes; a temp file)
     .venv/bin/python benchmarks/policies.py                  # the full grid: hours on 2 cores
+    .venv/bin/python benchmarks/policies.py --seeds 0 1 2 --budgets 0.35 --criteria l1 --allocations uniform
+    .venv/bin/python benchmarks/policies.py --report         # build nothing: print the tables, redraw the plot
 """
 from __future__ import annotations
 
@@ -17,6 +24,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+RESULT = ROOT / "benchmarks" / "results" / "policies.json"
 
 
 def run(cfg_kwargs: dict, out: Path) -> dict:
@@ -62,22 +70,34 @@ def main() -> None:
     ap.add_argument("--skip-grid", action="store_true", help="only the accuracy-critical and memory-constrained builds")
     ap.add_argument("--policy-iterations", type=int, default=8,
                     help="iteration cap of the accuracy-critical and memory-constrained builds")
-    ap.add_argument("--json", default=str(ROOT / "benchmarks" / "results" / "policies.json"))
-    ap.add_argument("--report", nargs="+", metavar="JSON",
-                    help="build nothing: merge these results into --json, print the tables and plot (a later "
-                         "file's cell replaces an earlier one's)")
+    ap.add_argument("--json", default=None, help="the result file to merge into (default: "
+                    "benchmarks/results/policies.json; with --quick a temporary file)")
+    ap.add_argument("--fresh", action="store_true", help="start --json over instead of merging into it")
+    ap.add_argument("--report", nargs="*", metavar="JSON",
+                    help="build nothing: merge these results (if any) into --json, print the tables and plot")
     args = ap.parse_args()
-    if args.report:
+    if args.json is None:
+        args.json = str(Path(tempfile.mkdtemp()) / "policies.json" if args.quick else RESULT)
+    if args.report is not None:
         return report(args.report, Path(args.json))
     if args.quick:
         args.model, args.seeds, args.budgets = "resnet20", [0], [0.5]
         args.criteria, args.allocations, args.recovery = ["activation", "l1"], ["uniform", "global"], "on"
         args.finetune_epochs = 5
     recoveries = {"both": [True, False], "on": [True], "off": [False]}[args.recovery]
+    prior = {} if args.fresh or not Path(args.json).is_file() else json.loads(Path(args.json).read_text())
+    if prior.get("model", args.model) != args.model:
+        raise SystemExit(f"{args.json} holds {prior['model']} builds, not {args.model}: give --fresh or another "
+                         "--json")
+    run_info = {"commit": _commit(), "args": vars(args)}
     rows, policies = [], []
 
     def save() -> dict:  # after every build: a stopped run keeps what it measured
-        result = {"args": vars(args), "commit": _commit(), "grid": rows, "policies": policies, **analyse(rows)}
+        tag = " (distill)" if args.distill else ""
+        new = {"grid": rows, "policies": [{**p, "case": p["case"] + tag} for p in policies]}
+        merged = merge(prior, new, run_info["commit"])
+        result = {"model": args.model, "runs": prior.get("runs", []) + [run_info], **merged,
+                  **analyse(merged["grid"])}
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
         return result
@@ -110,9 +130,9 @@ def main() -> None:
                                      **run({**kw, "memory_budget_mb": base_mb * frac}, Path(tmp) / "out")})
                     save()
     result = save()
-    print_tables(rows, policies, result["summary"], result["comparison"])
-    if rows:
-        plot(rows, Path(args.json).with_suffix(".png"))
+    print_tables(result["grid"], result["policies"], result["summary"], result["comparison"])
+    if result["grid"]:
+        plot(result["grid"], Path(args.json).with_suffix(".png"))
     print(f"\nwrote {args.json}")
 
 
@@ -123,20 +143,32 @@ def _commit() -> str | None:
     return proc.stdout.strip() or None
 
 
-def report(sources: list[str], out: Path) -> None:
-    """Merge the results of several runs (e.g. one per seed or per part of the grid) into one table and plot.
-    A later source's build (seed, budget, criterion, allocation, recovery) replaces an earlier one's: a build
-    measured again after a change is not averaged with the one from before it, and a source with other seeds of
-    the same cell adds to it (re-measure every seed of a cell after a change that affects it)."""
-    rows, policies = [], []
+def merge(old: dict, new: dict, source: str | None) -> dict:
+    """`new`'s builds over `old`'s: a build of the same cell (seed, budget, criterion, allocation, recovery), or
+    policy build of the same seed and case, replaces the old one (a build measured again after a change is not
+    averaged with the one from before it); other seeds of a cell add to it (re-measure every seed of a cell after
+    a change that affects it). Each new build records `source` (a commit or a file name)."""
     cell = lambda r: (r["seed"], r["budget"], r["criterion"], r["allocation"], r["recovery"])  # noqa: E731
+    case = lambda p: (p["seed"], p["case"])  # noqa: E731
+    grid, policies = new.get("grid", []), new.get("policies", [])
+    cells, cases = {cell(r) for r in grid}, {case(p) for p in policies}
+    stamp = {"source": source} if source else {}
+    return {"grid": [r for r in old.get("grid", []) if cell(r) not in cells] + [{**r, **stamp} for r in grid],
+            "policies": [p for p in old.get("policies", []) if case(p) not in cases]
+            + [{**p, **stamp} for p in policies]}
+
+
+def report(sources: list[str], out: Path) -> None:
+    """Merge the results of other files (e.g. runs written elsewhere with --json) into `out`, later ones over
+    earlier ones, then print the tables and draw the plot of what `out` holds."""
+    result = json.loads(out.read_text()) if out.is_file() else {}
     for src in sources:
         data = json.loads(Path(src).read_text())
-        new = {cell(r) for r in data["grid"]}
-        rows = [r for r in rows if cell(r) not in new] + [{**r, "source": Path(src).name} for r in data["grid"]]
         tag = " (distill)" if data.get("args", {}).get("distill") else ""
-        policies += [{**p, "case": p["case"] + tag, "source": Path(src).name} for p in data["policies"]]
-    result = {"sources": [Path(s).name for s in sources], "grid": rows, "policies": policies, **analyse(rows)}
+        data = {**data, "policies": [{**p, "case": p["case"] + tag} for p in data.get("policies", [])]}
+        result = {**result, **merge(result, data, Path(src).name)}
+    rows, policies = result.get("grid", []), result.get("policies", [])
+    result = {**result, **analyse(rows)}
     out.write_text(json.dumps(result, indent=2) + "\n")
     print_tables(rows, policies, result["summary"], result["comparison"])
     if rows:

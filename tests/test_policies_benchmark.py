@@ -86,3 +86,15 @@ def test_markdown_table_has_a_row_per_cell_kind_and_says_when_builds_missed(benc
     assert lines[2] == "| l1 / uniform | 99.00 +- 0.82 (0.60x) | 99.00 +- 0.82 (0.25x) |"
     assert lines[3] == "| activation / global | - | 97.00 +- 0.00 (0.30x, 2 of 3 met) |"
     assert lines[4] == "| l1 / uniform, no recovery | - | 10.00 (0.30x, 1 of 1 met) |"
+
+
+def test_a_run_merges_into_the_one_result_file_replacing_what_it_measured_again(bench):
+    old = {"grid": [row(0, 0.5, "l1", "uniform", 90.0), row(1, 0.5, "l1", "uniform", 91.0)],
+           "policies": [{"seed": 0, "case": "memory-constrained 50%", "accuracy": 90.0},
+                        {"seed": 1, "case": "memory-constrained 50%", "accuracy": 91.0}]}
+    new = {"grid": [row(0, 0.5, "l1", "uniform", 98.0), row(0, 0.35, "l1", "uniform", 97.0)],
+           "policies": [{"seed": 0, "case": "memory-constrained 50%", "accuracy": 99.0}]}
+    merged = bench.merge(old, new, "abc1234")
+    grid = sorted((r["seed"], r["budget"], r["accuracy"], r.get("source")) for r in merged["grid"])
+    assert grid == [(0, 0.35, 97.0, "abc1234"), (0, 0.5, 98.0, "abc1234"), (1, 0.5, 91.0, None)]
+    assert sorted((p["seed"], p["accuracy"]) for p in merged["policies"]) == [(0, 99.0), (1, 91.0)]
