@@ -27,16 +27,19 @@ class TegrastatsSampler:
         self.samples: list[dict[str, Any]] = []
         self.unread_lines = 0                 # non-empty lines that were not tegrastats samples
         self.unread_example: str | None = None
+        self.start_error: str | None = None   # why tegrastats could not be started
         self._proc: subprocess.Popen | None = None
         self._thread: threading.Thread | None = None
 
     def start(self) -> None:
         if not self.executable:
+            self.start_error = "tegrastats is not installed (not on PATH, not in /usr/bin)"
             return
         try:
             self._proc = subprocess.Popen([self.executable, "--interval", str(self.interval_ms)],
                                           stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
         except OSError as exc:
+            self.start_error = f"tegrastats could not be started: {exc}"
             log.warning("tegrastats could not be started (%s): no telemetry for this measurement", exc)
             return
         self._thread = threading.Thread(target=self._read, daemon=True)

@@ -21,12 +21,18 @@ def read_jetson_state(sysfs_root: Path = Path("/")) -> dict[str, Any]:
     nvpmodel = locate_tool("nvpmodel", NVPMODEL_PATHS)
     nvp = _run([nvpmodel, "-q"]) if nvpmodel else None
     power_mode = parse_nvpmodel(nvp) if nvp else {"name": None, "id": None, "reason": "nvpmodel -q gave no output"}
-    clocks = None
+    clocks, silent = None, None
     jc = locate_tool("jetson_clocks", JETSON_CLOCKS_PATHS)
     if jc:
         text = _run([jc, "--show"])
-        if text is None and os.geteuid() != 0 and shutil.which("sudo"):
-            text = _run(["sudo", "-n", jc, "--show"])  # --show reads debugfs, which needs root
+        if text is None and os.geteuid() != 0:
+            # --show reads debugfs, which needs root: sudo -n, which never waits for a password
+            text = _run(["sudo", "-n", jc, "--show"]) if shutil.which("sudo") else None
+            if text is None:
+                silent = ("`jetson_clocks --show` needs root here (it reads debugfs) and `sudo -n` "
+                          f"{'was refused' if shutil.which('sudo') else 'is not installed'}")
+        elif text is None:
+            silent = "`jetson_clocks --show` printed nothing"
         if text:
             clocks = parse_jetson_clocks(text)
     if clocks is None or clocks.get("locked") is None:
@@ -34,6 +40,10 @@ def read_jetson_state(sysfs_root: Path = Path("/")) -> dict[str, Any]:
         if sysfs.get("locked") is not None or clocks is None:
             # what jetson_clocks printed and could not be read is still worth saying
             clocks = {**sysfs, **({"unread": clocks["unread"]} if clocks and clocks.get("unread") else {})}
+    if silent:
+        clocks["jetson_clocks"] = silent
+        if clocks.get("locked") is None:
+            clocks["reason"] = f"{silent}, and {clocks.get('reason') or 'sysfs could not tell'}"
     return {"power_mode": power_mode, "clocks": clocks}
 
 

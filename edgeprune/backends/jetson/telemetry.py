@@ -90,6 +90,7 @@ class JetsonMonitor:
         self.warning: str | None = None
         self.unread: list[str] = []               # what the power-mode and clock tools printed and was not read
         self.lines_unread, self.line_example = 0, None  # tegrastats lines that were not samples
+        self.start_error: str | None = None       # why the sampler could not start, if it said
         self._logged: set[str] = set()
 
     @property
@@ -111,6 +112,7 @@ class JetsonMonitor:
             self.windows += 1
             self.lines_unread += sampler.unread_lines
             self.line_example = self.line_example or sampler.unread_example
+            self.start_error = self.start_error or getattr(sampler, "start_error", None)
 
     def report(self) -> dict[str, Any]:
         if not self.available:
@@ -126,7 +128,7 @@ class JetsonMonitor:
         out.update(summarize_samples(self.samples))
         out["parse_warnings"] = self._logged_once([
             *self.unread, *lines_unread(self.lines_unread, self.line_example, self.source or "telemetry"),
-            *samples_unread(self.samples, self.source or "telemetry")])
+            *samples_unread(self.samples, self.source or "telemetry"), *self._no_samples()])
         return out
 
     def _check_state(self, state: dict[str, Any]) -> None:
@@ -142,6 +144,15 @@ class JetsonMonitor:
                             f"latency figures vary with DVFS; {CLOCKS_ADVICE}")
             log.warning("%s", self.warning)
 
+    def _no_samples(self) -> list[str]:
+        """A note when the sampler ran over measurement windows and gave nothing: never an empty report that
+        looks like a quiet board."""
+        if not self.windows or self.samples:
+            return []
+        why = f" ({self.start_error})" if self.start_error else " (it did not start, or printed nothing readable)"
+        return [f"no {self.source or 'telemetry'} samples over {self.windows} measurement window"
+                f"{'s' if self.windows != 1 else ''}{why}: memory, GPU load and power are missing from the report"]
+
     def _logged_once(self, notes: list[str]) -> list[str]:
         """`notes` (what a tool printed that edgeprune could not read), each logged the first time it is seen."""
         for note in notes:
@@ -152,9 +163,16 @@ class JetsonMonitor:
 
 
 def unavailable_reason() -> str | None:
-    """None where telemetry can be read; else why not."""
+    """None where telemetry can be read; else why not (a Jetson without the tools is said to be one)."""
     if samplers.locate_tool("tegrastats", samplers.TEGRASTATS_PATHS) or samplers.jtop_module() is not None:
         return None
+    from ...targets.devices import read_jetson_model
+
+    model = read_jetson_model()
+    if model:
+        return (f"this {model} has no tegrastats (on PATH or in /usr/bin) and no jtop (jetson-stats), so memory, "
+                "GPU load and power rails were not recorded: in a container, mount /usr/bin/tegrastats or "
+                "install jetson-stats")
     return ("not a Jetson: no tegrastats (on PATH or in /usr/bin) and no jtop (jetson-stats) here, so memory, "
             "GPU load and power rails were not recorded")
 
