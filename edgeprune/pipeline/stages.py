@@ -177,11 +177,14 @@ def train_cached(loaded: LoadedModel, data: DataBundle, epochs: int, seed: int,
 
 
 def _recipe_key(options, data: DataBundle) -> dict[str, Any] | None:
+    from ..training import distributed
+
     resolved = options.resolve().describe()
     augmented = data.name.startswith("imagefolder:") and options.augment != "none"
-    if options.is_default_recipe() and resolved["device"] == "cpu" and not augmented:
+    group = distributed.current()
+    if options.is_default_recipe() and resolved["device"] == "cpu" and not augmented and group is None:
         return None
-    return {**resolved, "optimizer": options.optimizer, "lr": options.lr, "weight_decay": options.weight_decay,
+    return {**resolved, "world_size": group.world if group is not None else 1, "optimizer": options.optimizer, "lr": options.lr, "weight_decay": options.weight_decay,
             "label_smoothing": options.label_smoothing, "augment": options.augment if augmented else "none",
             "workers": options.workers if augmented else 0}
 

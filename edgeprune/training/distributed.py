@@ -42,6 +42,9 @@ class Group:
     def leader(self) -> bool:
         return self.rank == 0
 
+    def describe(self) -> dict[str, Any]:
+        return {"world_size": self.world, "backend": self.backend}
+
     def command(self, kind: str, **payload: Any) -> None:
         """Rank 0: tell the other ranks what to do next (pickled by torch.distributed)."""
         dist.broadcast_object_list([(kind, payload)], src=0)
@@ -114,23 +117,31 @@ def config_digest(config) -> str:
     return hashlib.sha256(json.dumps(config.to_dict(), sort_keys=True, default=str).encode()).hexdigest()
 
 
-def follow(config, group: Group) -> None:
-    """A rank other than 0: train whenever rank 0 says so, until it says stop."""
+def follow(config, group: Group) -> list[str]:
+    """A rank other than 0: train whenever rank 0 says so, until it says stop. Returns a digest of the parameters
+    each step left this rank's replica with (DDP keeps them equal to rank 0's; BatchNorm's running statistics
+    are each rank's own after the last batch, and rank 0's are the ones shipped)."""
     from ..data import load_data
     from .loop import _fit
 
     datasets: dict[tuple, Any] = {}
+    digests: list[str] = []
     while True:
         kind, step = group.receive()
         if kind == "stop":
-            return
+            return digests
         if kind != "fit":  # pragma: no cover - the two ranks run the same edgeprune
             raise RuntimeError(f"rank {group.rank}: unknown command {kind!r} from rank 0")
         key = (config.data, tuple(step["shape"]))
         if key not in datasets:
             datasets[key] = load_data(config.data, tuple(step["shape"]), seed=config.seed)
-        _fit(step["model"], datasets[key], step["epochs"], step["options"], step["lr"], step["seed"], None,
-             step["teacher"], step["temperature"], step["alpha"], group)
+        model = _fit(step["model"], datasets[key], step["epochs"], step["options"], step["lr"], step["seed"], None,
+                     step["teacher"], step["temperature"], step["alpha"], group)
+        digests.append(weights_digest(model))
+
+
+def weights_digest(model: nn.Module) -> str:
+    return hashlib.sha256(b"".join(p.detach().cpu().numpy().tobytes() for p in model.parameters())).hexdigest()[:16]
 
 
 def _backend(config) -> str:

@@ -47,10 +47,14 @@ class Trainer:
         return f"user: {self.eval_label}" if self.eval_fn is not None else BUILT_IN_METRIC
 
     def describe(self) -> dict[str, Any]:
+        from . import distributed
+
         resolved = self.options.resolve().describe() if self.train_fn is None else None
+        group = distributed.current()
         return {"loop": f"user: {self.train_label}" if self.train_fn is not None else "built-in",
                 "accuracy_metric": self.metric, "device": resolved,
-                "optimizer": self.options.optimizer if self.train_fn is None else None}
+                "optimizer": self.options.optimizer if self.train_fn is None else None,
+                "distributed": group.describe() if group is not None else None}
 
     def finetune(self, model: nn.Module, data, epochs: int, seed: int, lr: float = FINETUNE_LR,
                  progress: Callable[[TrainStatus], None] | None = None,
