@@ -4,10 +4,6 @@ is said in one line in the report's telemetry section (reason, warning or parse_
 that looks like a quiet board. Stand-in tools on PATH; no Jetson needed."""
 from __future__ import annotations
 
-import os
-import stat
-from pathlib import Path
-
 import pytest
 
 from edgeprune.backends.jetson import samplers, state, telemetry
@@ -15,12 +11,7 @@ from edgeprune.backends.jetson.samplers import TegrastatsSampler
 from edgeprune.backends.jetson.state import read_jetson_state
 from edgeprune.backends.jetson.telemetry import JetsonMonitor
 from edgeprune.targets import devices
-
-
-def _tool(bindir: Path, name: str, body: str) -> None:
-    path = bindir / name
-    path.write_text("#!/bin/sh\n" + body)
-    path.chmod(path.stat().st_mode | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH)
+from test_telemetry import _tool  # a stand-in tool: #!/bin/sh and the body
 
 
 @pytest.fixture
