@@ -360,3 +360,8 @@ def test_build_engine_refuses_what_the_device_lacks_before_asking_tensorrt(tmp_p
                      device=list_devices()["jetson-orin-nano"])
     assert fragment in err.value.message
     assert asked == [] and list(tmp_path.iterdir()) == []
+
+
+def test_device_specs_stay_hashable_with_their_jetpack_table():
+    specs = list(list_devices().values())
+    assert len(set(specs)) == len(specs)

@@ -38,7 +38,7 @@ class DeviceSpec:
     dla_cores: int = 0
     # JetPack release -> the TensorRT (major.minor) it ships, for a Jetson: the only TensorRT such a board can
     # have (pip wheels do not run there). Empty on a host device: any TensorRT edgeprune supports.
-    jetpack: dict[str, str] = field(default_factory=dict)
+    jetpack: dict[str, str] = field(default_factory=dict, hash=False)  # a dict: left out of hash()
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
