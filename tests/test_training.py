@@ -169,3 +169,28 @@ def test_imagefolder_training_is_augmented_and_validation_is_not(digit_folder):
 
 def test_tensor_data_is_never_augmented(digits8):
     assert train_dataset(digits8, "standard") is digits8.train
+
+
+@pytest.mark.parametrize("bf16,amp,expected", [(True, "auto", torch.bfloat16), (False, "auto", torch.float16),
+                                               (True, "fp16", torch.float16), (True, "off", None)])
+def test_amp_on_a_gpu_picks_bf16_where_supported(monkeypatch, bf16, amp, expected):
+    from edgeprune.training.options import Resolved
+
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: bf16)
+    dtype = resolve_amp(amp, torch.device("cuda", 0))
+    assert dtype is expected
+    resolved = Resolved(torch.device("cuda", 0), dtype)
+    assert resolved.scaler_needed == (dtype is torch.float16)  # fp16 needs loss scaling, bf16 does not
+    assert resolved.channels_last == (dtype is not None)
+
+
+def test_bf16_on_a_gpu_without_it_is_refused(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a, **k: "Tesla T4")
+    with pytest.raises(ConfigError, match="bf16 is not supported by Tesla T4"):
+        resolve_amp("bf16", torch.device("cuda", 0))
+
+
+def test_cpu_training_is_plain_fp32_nchw():
+    resolved = TrainOptions(device="cpu").resolve()
+    assert resolved.amp_dtype is None and not resolved.channels_last and not resolved.scaler_needed
