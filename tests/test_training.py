@@ -194,3 +194,12 @@ def test_bf16_on_a_gpu_without_it_is_refused(monkeypatch):
 def test_cpu_training_is_plain_fp32_nchw():
     resolved = TrainOptions(device="cpu").resolve()
     assert resolved.amp_dtype is None and not resolved.channels_last and not resolved.scaler_needed
+
+
+def test_cache_key_changes_only_when_training_would():
+    default = TrainOptions(device="cpu")
+    assert default.recipe("digits") is None  # earlier versions' cached weights stay valid
+    assert default.recipe("imagefolder:/x") is not None  # augmented
+    assert TrainOptions(device="cpu", augment="none").recipe("imagefolder:/x") is None
+    assert TrainOptions(device="cpu", optimizer="adamw").recipe("digits")["optimizer"] == "adamw"
+    assert default.recipe("digits", world_size=2)["world_size"] == 2

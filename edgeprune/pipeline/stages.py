@@ -24,7 +24,7 @@ from ..targets.devices import DeviceSpec, HostInfo, detect_host, resolve_device
 from ..backends import Deployed, RunContext, Runner, get_runner, measurable_here
 from ..backends.jetson.telemetry import JetsonMonitor, MonitoredRunner
 from ..pruning.recover import recalibrate_bn
-from ..training import Trainer, TrainStatus, fit
+from ..training import Trainer, TrainStatus, distributed, fit
 from ..training.userdata import is_factory
 
 log = logging.getLogger(__name__)
@@ -155,7 +155,7 @@ def train_cached(loaded: LoadedModel, data: DataBundle, epochs: int, seed: int,
     options = (trainer or Trainer()).options
     key = {"model": loaded.name, "shape": list(loaded.input_shape), "data": data.name, "seed": seed,
            "epochs": epochs, "recipe": TRAIN_RECIPE, "torch": torch.__version__.split("+")[0]}
-    recipe = _recipe_key(options, data)
+    recipe = options.recipe(data.name, distributed.world_size())
     if recipe:  # another device, optimizer or augmentation trains other weights; the default keeps its old key
         key["train"] = recipe
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
@@ -174,19 +174,6 @@ def train_cached(loaded: LoadedModel, data: DataBundle, epochs: int, seed: int,
     with atomic_path(path) as tmp:  # a full disk or a kill leaves no half-written cache entry
         torch.save(loaded.module.state_dict(), tmp)
     return {**key, "cache": str(path), "cached": False}
-
-
-def _recipe_key(options, data: DataBundle) -> dict[str, Any] | None:
-    from ..training import distributed
-
-    resolved = options.resolve().describe()
-    augmented = data.name.startswith("imagefolder:") and options.augment != "none"
-    group = distributed.current()
-    if options.is_default_recipe() and resolved["device"] == "cpu" and not augmented and group is None:
-        return None
-    return {**resolved, "world_size": group.world if group is not None else 1, "optimizer": options.optimizer, "lr": options.lr, "weight_decay": options.weight_decay,
-            "label_smoothing": options.label_smoothing, "augment": options.augment if augmented else "none",
-            "workers": options.workers if augmented else 0}
 
 
 def cache_dir() -> Path:

@@ -34,6 +34,11 @@ def current() -> "Group | None":
     return _GROUP
 
 
+def world_size() -> int:
+    """Processes training together now: the torchrun world inside a build's session, else 1."""
+    return _GROUP.world if _GROUP is not None else 1
+
+
 class Group:
     def __init__(self, rank: int, world: int, backend: str):
         self.rank, self.world, self.backend = rank, world, backend

@@ -67,9 +67,18 @@ class TrainOptions:
         device = resolve_device(self.device)
         return Resolved(device, resolve_amp(self.amp, device))
 
-    def is_default_recipe(self) -> bool:
-        """True when training computes what it computed before these options existed (the cache key's test)."""
-        return (self.optimizer, self.weight_decay, self.label_smoothing, self.lr) == ("sgd", 5e-4, 0.0, None)
+    def recipe(self, data_name: str, world_size: int = 1) -> dict | None:
+        """What the trained weights depend on beyond the built-in recipe, for a cache key: None when training
+        computes what it computed before these options existed (the CPU, SGD's defaults, no augmentation, one
+        process), so the cache entries of earlier versions stay valid."""
+        resolved = self.resolve().describe()
+        augmented = data_name.startswith("imagefolder:") and self.augment != "none"
+        default = (self.optimizer, self.weight_decay, self.label_smoothing, self.lr) == ("sgd", 5e-4, 0.0, None)
+        if default and resolved["device"] == "cpu" and not augmented and world_size == 1:
+            return None
+        return {**resolved, "world_size": world_size, "optimizer": self.optimizer, "lr": self.lr,
+                "weight_decay": self.weight_decay, "label_smoothing": self.label_smoothing,
+                "augment": self.augment if augmented else "none", "workers": self.workers if augmented else 0}
 
 
 @dataclass(frozen=True)
