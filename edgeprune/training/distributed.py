@@ -127,7 +127,7 @@ def follow(config, group: Group) -> list[str]:
     each step left this rank's replica with (DDP keeps them equal to rank 0's; BatchNorm's running statistics
     are each rank's own after the last batch, and rank 0's are the ones shipped)."""
     from ..data import load_data
-    from .loop import _fit
+    from .loop import fit_here
 
     datasets: dict[tuple, Any] = {}
     digests: list[str] = []
@@ -140,8 +140,8 @@ def follow(config, group: Group) -> list[str]:
         key = (config.data, tuple(step["shape"]))
         if key not in datasets:
             datasets[key] = load_data(config.data, tuple(step["shape"]), seed=config.seed)
-        model = _fit(step["model"], datasets[key], step["epochs"], step["options"], step["lr"], step["seed"], None,
-                     step["teacher"], step["temperature"], step["alpha"], group)
+        model = fit_here(step["model"], datasets[key], step["epochs"], step["options"], step["lr"], step["seed"],
+                         None, step["teacher"], step["temperature"], step["alpha"], group)
         digests.append(weights_digest(model))
 
 

@@ -62,10 +62,11 @@ def fit(model: nn.Module, data: DataBundle, epochs: int, options: TrainOptions |
     if group is not None and group.rank == 0:
         group.command("fit", model=model, shape=list(data.input_shape), options=options, epochs=epochs, lr=lr,
                       seed=seed, teacher=teacher, temperature=temperature, alpha=alpha)
-    return _fit(model, data, epochs, options, lr, seed, progress, teacher, temperature, alpha, group)
+    return fit_here(model, data, epochs, options, lr, seed, progress, teacher, temperature, alpha, group)
 
 
-def _fit(model, data, epochs, options, lr, seed, progress, teacher, temperature, alpha, group) -> nn.Module:
+def fit_here(model, data, epochs, options, lr, seed, progress, teacher, temperature, alpha, group) -> nn.Module:
+    """The loop itself, in this process: every rank of a torchrun job runs it for the step rank 0 broadcast."""
     resolved = options.resolve()
     device, amp_dtype = resolved.device, resolved.amp_dtype
     world, rank = (group.world, group.rank) if group is not None else (1, 0)

@@ -107,7 +107,7 @@ def run_train_fn(fn: Callable, label: str | None, model: nn.Module, epochs: int)
     try:
         out = fn(model, epochs)
     except Exception as exc:  # their code: whatever it raises is reported as theirs, in one line
-        raise ConfigError(f"train_fn {label} raised {type(exc).__name__}: {_first_line(exc)}") from None
+        raise ConfigError(f"train_fn {label} raised {type(exc).__name__}: {first_line(exc)}") from None
     if out is None:
         raise ConfigError(f"train_fn {label} returned None: it must return the model it was given, trained "
                           "(train_fn(model, epochs) -> model)")
@@ -128,7 +128,7 @@ def run_eval_fn(fn: Callable, label: str | None, model: Any) -> float:
     try:
         value = fn(model)
     except Exception as exc:
-        raise ConfigError(f"eval_fn {label} raised {type(exc).__name__}: {_first_line(exc)}") from None
+        raise ConfigError(f"eval_fn {label} raised {type(exc).__name__}: {first_line(exc)}") from None
     try:
         value = float(value)
     except (TypeError, ValueError):
@@ -147,7 +147,7 @@ def load_callable(spec: str, what: str) -> Callable:
         module = importlib.import_module(module_name)
     except Exception as exc:  # ImportError, or whatever the module raises while importing
         raise ConfigError(f"{what} {spec}: cannot import {module_name} ({type(exc).__name__}: "
-                          f"{_first_line(exc)})") from None
+                          f"{first_line(exc)})") from None
     fn = module
     for part in attr.split("."):
         fn = getattr(fn, part, None)
@@ -179,6 +179,6 @@ def _differences(before: dict[str, tuple], after: dict[str, tuple]) -> str:
     return f"{resized[0]} is {list(after[resized[0]])}, was {list(before[resized[0]])}" if resized else ""
 
 
-def _first_line(exc: BaseException) -> str:
+def first_line(exc: BaseException) -> str:
     text = str(exc).strip()
     return text.splitlines()[0][:200] if text else "no message"

@@ -18,13 +18,13 @@ def is_factory(spec: str | None) -> bool:
 
 def factory_data(spec: str, input_shape: tuple[int, ...] | None):
     from ..data import DataBundle
-    from .trainer import _first_line, load_callable
+    from .trainer import first_line, load_callable
 
     factory = load_callable(spec, "data")
     try:
         made = factory()
     except Exception as exc:  # their code
-        raise ConfigError(f"data factory {spec} raised {type(exc).__name__}: {_first_line(exc)}") from None
+        raise ConfigError(f"data factory {spec} raised {type(exc).__name__}: {first_line(exc)}") from None
     if not isinstance(made, (tuple, list)) or len(made) != 2:
         raise ConfigError(f"data factory {spec} returned {type(made).__name__}: it must return (train, val), two "
                           "torch datasets")
