@@ -239,10 +239,10 @@ def test_accuracy_tolerance_the_unpruned_artifact_already_fails_is_a_broken_expo
     # can meet a 0.5-point tolerance, and the build must say the export is at fault, not search
     import edgeprune
     from edgeprune.errors import ParityError
-    from edgeprune.pipeline import loop
+    from edgeprune.training import Trainer
 
-    real = loop.accuracy_torch
-    monkeypatch.setattr(loop, "accuracy_torch", lambda model, data: real(model, data) + 10.0)
+    real = Trainer.accuracy_torch
+    monkeypatch.setattr(Trainer, "accuracy_torch", lambda self, model, data: real(self, model, data) + 10.0)
     with pytest.raises(ParityError, match="export is broken"):
         edgeprune.build(fast(max_accuracy_drop=0.5))
     assert not (tmp_path / "out").exists()
