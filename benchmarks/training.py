@@ -5,12 +5,12 @@
 - augmentation: resnet20 trained on that ImageFolder, pruned (uniform, l1, ratio 0.5), BN recalibrated and
   fine-tuned, with --augment none / crop / standard; top-1 accuracy on the held-out split (the ImageFolder's
   20% validation split, never trained on);
-- ddp: the same `edgeprune build` (digits at 16x16, resnet20 trained 10 epochs, one pruning attempt at ratio 0.4,
-  fine-tuned 5 epochs) in
-  one process and under `torchrun --nproc-per-node 2` (gloo): the base training and the fine-tuning both run
-  under DDP there; accuracy of the shipped ONNX on the digits validation split.
+- ddp: the same `edgeprune build` (digits at 16x16, resnet20 trained 10 epochs, one pruning attempt at ratio
+  0.4, fine-tuned 5 epochs) in one process and under `torchrun --nproc-per-node 2` (gloo): the base training and
+  the fine-tuning both run under DDP there; accuracy of the shipped ONNX on the digits validation split.
 
     .venv/bin/python benchmarks/training.py [--parts throughput augment ddp] [--seeds 0]
+        [--augment-epochs TRAIN FINETUNE] [--augments none crop standard]
 
 Each part rewrites its own key of benchmarks/results/training.json and prints a table.
 """
@@ -44,6 +44,9 @@ def main() -> None:
     parser.add_argument("--seeds", nargs="+", type=int, default=[0])
     parser.add_argument("--out", type=Path, default=RESULT)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--augment-epochs", nargs=2, type=int, default=[6, 3], metavar=("TRAIN", "FINETUNE"))
+    parser.add_argument("--augments", nargs="+", default=["none", "crop", "standard"])
+    parser.add_argument("--workers", type=int, default=0, help="DataLoader workers of the augment part")
     args = parser.parse_args()
     # One intra-op thread: on a shared 2-core machine OpenMP's spinning threads slow small convolutions many-fold
     # whenever the other core is busy; DataLoader workers then have the other core
@@ -57,8 +60,11 @@ def main() -> None:
         if "throughput" in args.parts:  # the load average says how busy the shared cores were meanwhile
             result["throughput"] = {"load_average_before": os.getloadavg()[0], "rows": throughput(folder),
                                     "load_average_after": os.getloadavg()[0]}
-        if "augment" in args.parts:
-            result["augment"] = augmentation(folder, args.seeds)
+        if "augment" in args.parts:  # rows of other settings (epochs) stay
+            rows = augmentation(folder, args.seeds, *args.augment_epochs, augments=args.augments,
+                                workers=args.workers)
+            new = {_setting(r) for r in rows}
+            result["augment"] = [r for r in result.get("augment", []) if _setting(r) not in new] + rows
     if "ddp" in args.parts:
         result["ddp"] = ddp(args.seeds)
     args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -98,13 +104,18 @@ def throughput(folder: Path, epochs: int = 1) -> list[dict]:
     return rows
 
 
+def _setting(row: dict) -> tuple:
+    return row["seed"], row["augment"], row["train_epochs"], row["finetune_epochs"], row.get("workers", 0)
+
+
 def augmentation(folder: Path, seeds: list[int], train_epochs: int = 6, finetune_epochs: int = 3,
-                 ratio: float = 0.5) -> list[dict]:
+                 ratio: float = 0.5, augments: tuple[str, ...] = ("none", "crop", "standard"),
+                 workers: int = 0) -> list[dict]:
     rows = []
     for seed in seeds:
         data = load_data(f"imagefolder:{folder}", SHAPE, seed=seed)
-        for augment in ("none", "crop", "standard"):
-            options = TrainOptions(device="cpu", augment=augment)
+        for augment in augments:
+            options = TrainOptions(device="cpu", augment=augment, workers=workers)
             torch.manual_seed(seed)
             model = load_model("resnet20", input_shape=SHAPE, num_classes=10).module
             fit(model, data, train_epochs, options, seed=seed)
@@ -112,7 +123,7 @@ def augmentation(folder: Path, seeds: list[int], train_epochs: int = 6, finetune
             pruned = prune_model(model, torch.zeros(1, *SHAPE), ratio, 1, "l1").model
             recalibrate_bn(pruned, data.calibration_batches())
             fit(pruned, data, finetune_epochs, options, lr=0.03, seed=seed + 1)
-            rows.append({"seed": seed, "augment": augment, "train_epochs": train_epochs,
+            rows.append({"seed": seed, "augment": augment, "workers": workers, "train_epochs": train_epochs,
                          "finetune_epochs": finetune_epochs, "ratio": ratio, "held_out": len(data.val),
                          "accuracy_unpruned": round(base, 2), "accuracy_pruned": round(accuracy_torch(pruned, data), 2)})
             print(f"augment {augment:8s} seed {seed}: unpruned {base:6.2f}%  pruned+fine-tuned "
@@ -132,7 +143,8 @@ def ddp(seeds: list[int]) -> list[dict]:
                        "2", "--measure-iters", "50", "--quiet", "--out", str(out)]
                 launcher = [sys.executable] if nproc == 1 else \
                     [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(nproc)]
-                env = {**os.environ, "EDGEPRUNE_CACHE": str(Path(tmp) / "cache")}  # trained in this run
+                # trained in this run; one OpenMP thread per process in both (torchrun's default), as on 2 cores
+                env = {**os.environ, "EDGEPRUNE_CACHE": str(Path(tmp) / "cache"), "OMP_NUM_THREADS": "1"}
                 t0 = time.perf_counter()
                 done = subprocess.run([*launcher, *cmd], env=env, capture_output=True, text=True)
                 wall = time.perf_counter() - t0
