@@ -108,40 +108,40 @@ def _run(config: BuildConfig, progress: Progress, prof: stages.Profile, out: Pat
     if checkpoint is not None:
         checkpoint.save(state, 0, 0.0, baseline, weights=False)
     policy_name = config.effective_policy
-    # Attempts are (pruning ratio, precision). Each reduced precision is tried on the unpruned model first; in
-    # `auto` one slower than fp32 there (or missing parity) is dropped with its figures. Each precision left
-    # gets its own search, aimed from where its unpruned model starts; the choice is over all of them.
+    # Attempts are (pruning ratio, precision). fp32 is searched first, exactly as an fp32-only build searches it
+    # (same attempts, same fine-tuning seeds), so `auto` chooses over a superset of what fp32 alone would ship.
+    # Each reduced precision is then tried on the unpruned model; in `auto` one slower than fp32 there (or off in
+    # parity) is dropped with its figures; one kept gets its own search, aimed from where its unpruned model
+    # stands. The choice is over all of them.
     measured: list[Measured] = []
     dropped: dict[str, str] = {}
-    starts: dict[str, dict[str, float]] = {}
-    for prec in searched:
-        if prec == "fp32":
-            starts[prec] = {}
-            continue
-        state.precisions[prec] = precision.first_settings(state, prec)
-        try:
-            record = attempt(state, len(measured) + 1, Step(0.0, f"the unpruned model in {prec}"), prec)
-        except QuantizationFailed as exc:
-            if config.precision != "auto":
-                raise
-            dropped[prec] = exc.message
-            state.progress.stage("precision", f"{prec} dropped: {exc.message}")
-            continue
-        starts[prec] = constraints.values(record, state.budgets)
-        why = precision.dropped_reason(prec, record, prof.runner.name) if config.precision == "auto" else None
-        measured.append(_measured(state, record, 0.0, None, starts[prec], dropped=why is not None))
-        if why:
-            dropped[prec] = record["dropped"] = why
-            state.progress.stage("precision", f"{prec} dropped: {why}")  # and in the report, with the figures
     stops: dict[str, Stop] = {}
     policy = None
-    for prec in (p for p in searched if p not in dropped):
-        policy = _policy(state, policy_name, baseline, starts[prec])
+    for prec in searched:
+        start: dict[str, float] = {}
+        if prec != "fp32":
+            state.precisions[prec] = precision.first_settings(state, prec)
+            try:
+                record = attempt(state, len(measured) + 1, Step(0.0, f"the unpruned model in {prec}"), prec)
+            except QuantizationFailed as exc:
+                if config.precision != "auto":
+                    raise
+                dropped[prec] = exc.message
+                state.progress.stage("precision", f"{prec} dropped: {exc.message}")
+                continue
+            start = constraints.values(record, state.budgets)
+            why = precision.dropped_reason(prec, record, prof.runner.name) if config.precision == "auto" else None
+            measured.append(_measured(state, record, 0.0, None, start, dropped=why is not None))
+            if why:
+                dropped[prec] = record["dropped"] = why
+                state.progress.stage("precision", f"{prec} dropped: {why}")  # and in the report, with the figures
+                continue
+        policy = _policy(state, policy_name, baseline, start)
         history: list[Measured] = []
         step = policy.first_step()
         while isinstance(step, Step):
             record = attempt(state, len(measured) + 1, step, prec)
-            history.append(_measured(state, record, step.ratio, policy, starts[prec]))
+            history.append(_measured(state, record, step.ratio, policy, start))
             measured.append(history[-1])
             step = policy.next_step([policy.observe(m) for m in history])
         assert isinstance(step, Stop)
