@@ -48,6 +48,8 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--channel-multiple", type=int, help="--builds: ResNet-56 at this multiple (default: the "
                                                             "device's), and only ResNet-56")
+    ap.add_argument("--repeat-fp32", action="store_true", help="--builds: each fp32-only build twice, for the "
+                                                               "run-to-run spread of the search itself")
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
     torch.set_num_threads(1)

@@ -37,14 +37,31 @@ def one_build(config: BuildConfig) -> dict:
             "latency_ratio": round(f["latency_ratio"], 3), "accuracy": f["accuracy"],
             "baseline_accuracy": f["baseline_accuracy"], "attempts": len(report["iterations"]) - 1,
             "unpruned_in_reduced_precision": probes, "dropped": p.get("dropped") or {},
-            "stop_reason": report["stop_reason"], "wall_s": round(wall, 1)}
+            "stop_reason": report["stop_reason"], "wall_s": round(wall, 1), "by_precision": by_precision(report)}
 
 
-def cases(seeds: list[int], multiple: int | None, others: bool) -> list[BuildConfig]:
+def by_precision(report: dict) -> dict:
+    """Every attempt of the build, grouped by precision: (pruning ratio, latency ratio, accuracy, budget met), and the
+    most accurate attempt that met the budget. In an auto build, its fp32 group is the search an fp32-only build runs
+    (same steps, same fine-tuning seeds) on the same measurements: comparing the auto build's choice with its own best
+    fp32 attempt takes the run-to-run noise of two separate builds out of the comparison."""
+    out: dict = {}
+    for it in report["iterations"]:
+        if it["index"] == 0:
+            continue
+        group = out.setdefault(it.get("precision", "fp32"), {"attempts": [], "best_met": None})
+        row = [it["ratio"], round(it["latency_ratio"]["ratio"], 3), it["accuracy"], bool(it["budget_met"])]
+        group["attempts"].append(row)
+        if row[3] and row[2] is not None and (group["best_met"] is None or row[2] > group["best_met"][2]):
+            group["best_met"] = row
+    return out
+
+
+def cases(seeds: list[int], multiple: int | None, others: bool, repeat_fp32: bool = False) -> list[BuildConfig]:
     out = []
     for budget in ("0.35x", "0.25x"):
         for seed in seeds:
-            for precision in ("fp32", "auto"):
+            for precision in ("fp32", "auto") + (("fp32",) if repeat_fp32 else ()):
                 out.append(BuildConfig(model="resnet56", latency_budget=budget, seed=seed, precision=precision,
                                        channel_multiple=multiple))
     if not others:
@@ -59,7 +76,8 @@ def run_builds(args) -> None:
     rows = []
     started = time.time()
     with tempfile.TemporaryDirectory(prefix="edgeprune-precision-builds-") as tmp:
-        for i, config in enumerate(cases(args.seeds, args.channel_multiple, args.channel_multiple is None)):
+        for i, config in enumerate(cases(args.seeds, args.channel_multiple, args.channel_multiple is None,
+                                         args.repeat_fp32)):
             config = config.replace(out=str(Path(tmp) / f"out{i}"))
             try:
                 rows.append(one_build(config))
@@ -77,7 +95,8 @@ def run_builds(args) -> None:
     builds[key] = {"rows": rows, "seconds": round(time.time() - started, 1), "summary": summary(rows),
                    "command": "PYTHONPATH=. .venv/bin/python benchmarks/precision.py --builds --seeds "
                               + " ".join(map(str, args.seeds))
-                              + (f" --channel-multiple {args.channel_multiple}" if args.channel_multiple else "")}
+                              + (f" --channel-multiple {args.channel_multiple}" if args.channel_multiple else "")
+                              + (" --repeat-fp32" if args.repeat_fp32 else "")}
     previous["builds"] = builds
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(previous, indent=1) + "\n")
@@ -98,11 +117,23 @@ def summary(rows: list[dict]) -> list[str]:
         pairs = {}
         for r in rows:
             if r["model"] == "resnet56" and r["budget"] == budget:
-                pairs.setdefault(r["seed"], {})[r["precision"]] = r
+                runs = pairs.setdefault(r["seed"], {})
+                runs["fp32 again" if r["precision"] == "fp32" and "fp32" in runs else r["precision"]] = r
         for seed, pr in sorted(pairs.items()):
             if {"fp32", "auto"} <= set(pr):
                 a, f = pr["auto"], pr["fp32"]
-                lines.append(f"resnet56 {budget} seed {seed}: auto {a['shipped_precision']} "
-                             f"{'met' if a['budget_met'] else 'missed'} acc {a['accuracy']}, fp32 "
-                             f"{'met' if f['budget_met'] else 'missed'} acc {f['accuracy']}")
+                own = ((a.get("by_precision") or {}).get("fp32") or {}).get("best_met")
+                line = (f"resnet56 {budget} seed {seed}: auto {a['shipped_precision']} "
+                        f"{'met' if a['budget_met'] else 'missed'} acc {a['accuracy']:.2f}, fp32-only build "
+                        f"{'met' if f['budget_met'] else 'missed'} acc {f['accuracy']:.2f}; within auto: fp32 best "
+                        + ("none met" if own is None else f"{own[2]:.2f}"))
+                for p, g in (a.get("by_precision") or {}).items():
+                    if p != "fp32":
+                        best = g["best_met"]
+                        line += f", {p} best " + ("none met" if best is None else f"{best[2]:.2f} at ratio {best[0]}")
+                if "fp32 again" in pr:  # the same fp32-only build run twice: how far apart noise alone puts them
+                    again = pr["fp32 again"]
+                    line += (f"; fp32-only again {'met' if again['budget_met'] else 'missed'} "
+                             f"acc {again['accuracy']:.2f}")
+                lines.append(line)
     return lines
