@@ -113,12 +113,10 @@ class BuildConfig:
         self._resolve_policy()
         if self.latency_budget is not None:
             parse_budget(self.latency_budget)
-        if self.allocation not in ALLOCATIONS:
-            raise ConfigError(f"allocation {self.allocation!r} is unknown: use one of {', '.join(ALLOCATIONS)}")
+        check_choice("allocation", self.allocation, ALLOCATIONS)
         if self.memory_metric not in MEMORY_METRICS:
             raise ConfigError(f"memory metric {self.memory_metric!r} is unknown: use weights or peak")
-        if self.percentile not in PERCENTILES:
-            raise ConfigError(f"percentile {self.percentile!r} is unknown: use one of {', '.join(PERCENTILES)}")
+        check_choice("percentile", self.percentile, PERCENTILES)
         self._check_precision()
         if self.criterion not in CRITERIA:
             raise ConfigError(f"criterion {self.criterion!r} is unknown: use one of {', '.join(CRITERIA)}")
@@ -191,12 +189,7 @@ class BuildConfig:
             value = getattr(self, name)
             if value is None:
                 continue
-            try:
-                value = float(value)
-            except (TypeError, ValueError):
-                raise ConfigError(f"{name.replace('_', '-')} must be a number, got {value!r}") from None
-            if not math.isfinite(value):  # NaN compares false with everything: it would pass every check
-                raise ConfigError(f"{name.replace('_', '-')} must be a finite number, got {value!r}")
+            value = finite_number(name, value)
             if value < 0 or (name == "memory_budget_mb" and value == 0):
                 raise ConfigError(f"{name.replace('_', '-')} must be {'positive' if name == 'memory_budget_mb' else 'zero or more'}, got {value}")
             object.__setattr__(self, name, value)
@@ -258,6 +251,30 @@ class BuildConfig:
         if isinstance(clean.get("input_shape"), str):
             clean["input_shape"] = parse_shape(clean["input_shape"])
         return cls(**clean)
+
+
+def as_finite(value: Any) -> float | None:
+    """`value` as a float if it is a finite number, else None. Every number from a user goes through here: NaN
+    compares false with everything, so it would pass any range check after this; infinity divides into nonsense."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return number if math.isfinite(number) else None
+
+
+def finite_number(name: str, value: Any) -> float:
+    """An option's value as a finite float, or a ConfigError naming the option as its flag is spelled."""
+    number = as_finite(value)
+    if number is None:
+        raise ConfigError(f"{name.replace('_', '-')} must be a finite number, got {value!r}")
+    return number
+
+
+def check_choice(what: str, value: Any, choices) -> None:
+    """A ConfigError naming `what` and the choices when `value` is not one of them."""
+    if value not in choices:
+        raise ConfigError(f"{what} {value!r} is unknown: use one of {', '.join(choices)}")
 
 
 def load_yaml_mapping(path: Path, what: str) -> dict[str, Any]:

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 import torch
 
+from ..config import check_choice, finite_number
 from ..errors import ConfigError
 
 DEVICES_HELP = "use --train-device auto, cpu, cuda, cuda:N or mps"
@@ -32,20 +33,14 @@ class TrainOptions:
     augment: str = "standard"     # ImageFolder training only: standard = random resized crop + flip
 
     def __post_init__(self) -> None:
-        if self.optimizer not in OPTIMIZERS:
-            raise ConfigError(f"optimizer {self.optimizer!r} is unknown: use one of {', '.join(OPTIMIZERS)}")
-        if self.amp not in AMP_CHOICES:
-            raise ConfigError(f"amp {self.amp!r} is unknown: use one of {', '.join(AMP_CHOICES)}")
-        if self.augment not in AUGMENTATIONS:
-            raise ConfigError(f"augment {self.augment!r} is unknown: use one of {', '.join(AUGMENTATIONS)}")
+        for what, value, choices in (("optimizer", self.optimizer, OPTIMIZERS), ("amp", self.amp, AMP_CHOICES),
+                                     ("augment", self.augment, AUGMENTATIONS)):
+            check_choice(what, value, choices)
         for name, low, high in (("lr", 0.0, 10.0), ("weight_decay", 0.0, 1.0), ("label_smoothing", 0.0, 0.999)):
             value = getattr(self, name)
             if value is None:
                 continue
-            try:
-                value = float(value)
-            except (TypeError, ValueError):
-                raise ConfigError(f"{name.replace('_', '-')} must be a number, got {value!r}") from None
+            value = finite_number(name, value)
             if not (low <= value <= high) or (name == "lr" and value == 0):
                 raise ConfigError(f"{name.replace('_', '-')} must be in ({low:g}, {high:g}], got {value!r}"
                                   if name == "lr" else

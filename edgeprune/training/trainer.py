@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import importlib
 import logging
-import math
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -13,6 +12,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..config import as_finite
 from ..errors import ConfigError
 from .loop import TrainStatus, accuracy_torch, fit
 from .options import FINETUNE_LR, TrainOptions
@@ -129,13 +129,12 @@ def run_eval_fn(fn: Callable, label: str | None, model: Any) -> float:
         value = fn(model)
     except Exception as exc:
         raise ConfigError(f"eval_fn {label} raised {type(exc).__name__}: {first_line(exc)}") from None
-    try:
-        value = float(value)
-    except (TypeError, ValueError):
-        raise ConfigError(f"eval_fn {label} returned {type(value).__name__} {value!r:.40}, not a number") from None
-    if not math.isfinite(value):
-        raise ConfigError(f"eval_fn {label} returned {value}: it must return a finite score (higher is better)")
-    return value
+    number = as_finite(value)
+    if number is None:
+        kind = "not finite" if isinstance(value, (int, float)) else f"{type(value).__name__}, not a number"
+        raise ConfigError(f"eval_fn {label} returned {value!r:.40} ({kind}): it must return a finite score "
+                          "(higher is better)")
+    return number
 
 
 def load_callable(spec: str, what: str) -> Callable:
