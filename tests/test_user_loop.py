@@ -181,3 +181,24 @@ def test_cli_refuses_a_failing_train_fn_in_one_line(user_module, tmp_path, fn):
     assert result.exit_code == 2, result.output
     assert len(result.output.strip().splitlines()) == 1 and "train_fn" in result.output
     assert not (tmp_path / "out").exists()
+
+
+def test_reports_label_the_users_metric_as_theirs():
+    """report.md / report.html: a score from the user's eval_fn is not shown as edgeprune's top-1 percent."""
+    from synthetic_reports import make_report
+
+    from edgeprune.report.html import render_html
+    from edgeprune.report.markdown import render_report
+    from edgeprune.report.schema import migrate
+
+    r = migrate(make_report())
+    builtin_md = render_report(r)
+    assert "accuracy (ONNX artifact, val)" in builtin_md and "user:" not in builtin_md
+    for it in r["iterations"]:
+        it.update(accuracy=0.8125, accuracy_metric="user: team.metrics:mean_iou")
+    r["final"]["accuracy"] = 0.8125
+    md, page = render_report(r), render_html(r)
+    assert "| score (user: team.metrics:mean_iou, ONNX artifact) | 0.8125 | 0.8125 |" in md
+    assert "team.metrics:mean_iou's score of the ONNX artifact (the user's metric" in md
+    assert "0.81%" not in md and "top-1 of the ONNX artifact" not in md
+    assert "score (user: team.metrics:mean_iou, ONNX artifact)" in page and "0.81%" not in page
