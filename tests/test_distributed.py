@@ -19,9 +19,18 @@ HERE = Path(__file__).parent
 def torchrun(*args: str, env: dict | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
     clean = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR",
                                                                 "MASTER_PORT")}
+    # PYTHONFAULTHANDLER: a rank that aborts (SIGABRT) prints every thread's Python stack, kept by failure() below
     return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-                           *args], env={**clean, **(env or {})}, capture_output=True, text=True, timeout=timeout,
+                           *args], env={**clean, "PYTHONFAULTHANDLER": "1", **(env or {})}, capture_output=True,
+                          text=True, timeout=timeout,
                           cwd=HERE.parent)
+
+
+def failure(done: subprocess.CompletedProcess) -> str:
+    """What a failed torchrun printed: the ranks' own output first (a faulthandler dump, a traceback), then the
+    launcher's summary, which alone says only which rank died of which signal."""
+    err = done.stderr
+    return err if len(err) <= 6000 else err[:4000] + "\n[...]\n" + err[-2000:]
 
 
 def ranks(out: Path) -> list[dict]:
@@ -30,7 +39,7 @@ def ranks(out: Path) -> list[dict]:
 
 def test_two_gloo_ranks_fine_tune_one_model(tmp_path):
     done = torchrun(str(HERE / "ddp_worker.py"), str(tmp_path))
-    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.returncode == 0, failure(done)
     lead, follower = ranks(tmp_path)
     assert lead["world"] == follower["world"] == 2
     assert len(follower["digests"]) == 1  # it took part in the one fine-tuning step rank 0 ran
@@ -40,7 +49,7 @@ def test_two_gloo_ranks_fine_tune_one_model(tmp_path):
 
 def test_ranks_that_disagree_on_the_config_are_refused(tmp_path):
     done = torchrun(str(HERE / "ddp_worker.py"), str(tmp_path), env={"DISAGREE": "1"})
-    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.returncode == 0, failure(done)
     for seen in ranks(tmp_path):
         assert "disagree on the build options" in seen["error"] and "\n" not in seen["error"]
         assert "digests" not in seen
@@ -68,7 +77,7 @@ def test_torchrun_build_writes_once_from_rank_0(tmp_path):
                     "--train-epochs", "1", "--finetune-epochs", "1", "--max-iterations", "1", "--measure-blocks", "2",
                     "--measure-iters", "20", "--max-accuracy-drop", "50", "--train-device", "cpu", "--out", str(out),
                     "--quiet", env={"EDGEPRUNE_CACHE": str(tmp_path / "cache")})
-    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.returncode == 0, failure(done)
     report = json.loads((out / "report.json").read_text())
     assert report["model"]["training"]["recovery"]["distributed"] == {"world_size": 2, "backend": "gloo"}
     assert report["iterations"][1]["recovery"]["finetune_epochs"] == 1
