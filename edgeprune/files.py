@@ -141,6 +141,18 @@ def work_dir(prefix: str = WORK_PREFIX) -> Path:
     return Path(tempfile.mkdtemp(prefix=f"{prefix}{os.getpid()}-", dir=root))
 
 
+@contextmanager
+def scratch_dir(prefix: str) -> Iterator[Path]:
+    """A work_dir() (named with this pid, private, those of dead processes swept first) removed on exit. For
+    every scratch folder edgeprune makes (quantization, trtexec, check, the ssh control socket): a build killed
+    with SIGKILL leaves one behind, and the next run with the same prefix removes it."""
+    path = work_dir(prefix)
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
 def sweep_dead_staging(target: Path) -> list[Path]:
     """Remove the `.NAME.partial-PID-*` / `.NAME.old-PID-*` directories of builds no longer running; a dead
     commit that had moved the previous output aside without putting the new one in its place gets it back.

@@ -23,7 +23,8 @@ from edgeprune import BuildConfig
 from edgeprune.cli import main
 from edgeprune.data import load_data
 from edgeprune.errors import ConfigError, OutOfSpace
-from edgeprune.files import StagedOutput, atomic_write_bytes, sweep_dead_staging, verify_manifest, work_dir
+from edgeprune.files import (StagedOutput, atomic_write_bytes, scratch_dir, sweep_dead_staging, verify_manifest,
+                             work_dir)
 
 pytestmark = pytest.mark.usefixtures("edgeprune_cache")
 
@@ -176,6 +177,22 @@ def test_a_killed_builds_staging_is_swept_by_the_next_build(tmp_path, scratch, m
     scratch_dir = work_dir()
     assert staging(out, scratch) == sorted([live.path.name, scratch_dir.name])
     live.discard()
+
+
+def test_scratch_folders_of_killed_processes_are_swept_and_a_live_ones_kept(tmp_path, monkeypatch):
+    """The quantizer's, trtexec's, check's and the ssh socket's scratch folders (files.scratch_dir): one a SIGKILL
+    left behind is removed by the next use of its prefix; one of a running process, or another prefix, is not."""
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    dead = tmp_path / f"edgeprune-int8-{dead_pid()}-abc"
+    alive = tmp_path / f"edgeprune-int8-{os.getppid()}-abc"
+    other = tmp_path / f"edgeprune-check-{dead_pid()}-abc"
+    for p in (dead, alive, other):
+        (p / "model.onnx").parent.mkdir()
+        (p / "model.onnx").write_bytes(b"x")
+    with scratch_dir("edgeprune-int8-") as mine:
+        assert mine.is_dir() and mine.name.startswith(f"edgeprune-int8-{os.getpid()}-")
+        assert not dead.exists() and alive.is_dir() and other.is_dir()
+    assert not mine.exists()
 
 
 @pytest.mark.slow

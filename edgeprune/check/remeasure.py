@@ -25,12 +25,12 @@ from __future__ import annotations
 
 import math
 import statistics
-import tempfile
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, Sequence
 
 from ..backends.base.stats import LatencyStats, PairedRatio
+from ..files import scratch_dir
 from .thresholds import Threshold
 
 ORT_RUNNERS = ("onnxruntime", "onnxruntime-cuda")
@@ -43,8 +43,8 @@ def remeasure_latency(runner: Any, new_onnx: Path, base_onnx: Path, threshold: T
                       iters: int = 200, blocks: int = 10) -> dict[str, Any]:
     """Time both artifacts interleaved and judge the p50 ratio (rule in the module docstring): at most two rounds,
     the second with twice the blocks, only when the first interval straddles the limit."""
-    with tempfile.TemporaryDirectory(prefix="edgeprune-check-") as work:
-        deployed = [runner.prepare(Path(new_onnx), Path(work)), runner.prepare(Path(base_onnx), Path(work))]
+    with scratch_dir("edgeprune-check-") as work:
+        deployed = [runner.prepare(Path(new_onnx), work), runner.prepare(Path(base_onnx), work)]
         rounds: list[dict[str, Any]] = []
         for n_blocks, last in ((blocks, False), (2 * blocks, True)):
             new_stats, base_stats = measure_pairs(runner, deployed, warmup, iters, n_blocks)

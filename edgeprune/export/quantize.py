@@ -18,7 +18,6 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
-import tempfile
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, Iterable, Sequence
@@ -26,6 +25,7 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 
 from ..errors import ConfigError
+from ..files import scratch_dir
 from .precision import (
     PrecisionParity, PrecisionResult, Tolerance, as_batches, compare_logits, load_checked,
     model_batches, op_counts, run_onnx, save_checked,
@@ -243,8 +243,8 @@ def _workdir(path: Path | None):
     if path is not None:
         yield Path(path)
         return
-    with tempfile.TemporaryDirectory(prefix="edgeprune-int8-") as tmp:
-        yield Path(tmp)
+    with scratch_dir("edgeprune-int8-") as tmp:
+        yield tmp
 
 
 class _DropPreprocessHint(logging.Filter):

@@ -15,7 +15,6 @@ import logging
 import re
 import shutil
 import subprocess
-import tempfile
 import threading
 import weakref
 from pathlib import Path
@@ -23,6 +22,7 @@ from typing import Any, Sequence
 
 from ... import __version__
 from ...errors import ConfigError, EdgepruneError, ModelLoadError, ParityError, RuntimeUnavailable
+from ...files import work_dir
 from .target import SshTarget, check_ssh_options, parse_target, remote_path_arg
 from .worker import PROTOCOL
 
@@ -43,7 +43,7 @@ class SshSession:
         self.remote_dir = remote_dir
         self.ssh_options = check_ssh_options(ssh_options)
         self.connect_timeout_s = int(connect_timeout_s)
-        self._control = Path(tempfile.mkdtemp(prefix="ep-ssh-"))
+        self._control = work_dir("ep-ssh-")  # pid-named: a dead build's socket folder is swept by the next
         self._proc: subprocess.Popen | None = None
         self._stderr: collections.deque[str] = collections.deque(maxlen=40)
         self._lock = threading.Lock()

@@ -14,7 +14,6 @@ import math
 import os
 import signal
 import subprocess
-import tempfile
 import time
 from pathlib import Path
 from typing import Any, Sequence
@@ -22,6 +21,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from ...errors import EdgepruneError, RuntimeUnavailable
+from ...files import scratch_dir
 from ..base.runner import Deployed, gpu_parity_tolerance, run_static_batches
 from ..base.schedule import interleave
 from ..base.stats import LatencyStats, summarize
@@ -85,8 +85,8 @@ class TrtexecRunner(TensorRTArtifacts):
         version, flags = self._probe()
 
         def run_one(x: np.ndarray) -> np.ndarray:
-            with tempfile.TemporaryDirectory(prefix="edgeprune-trtexec-") as tmp:
-                inp, out = Path(tmp) / "input.bin", Path(tmp) / "output.json"
+            with scratch_dir("edgeprune-trtexec-") as tmp:
+                inp, out = tmp / "input.bin", tmp / "output.json"
                 np.ascontiguousarray(x, dtype=np.float32).tofile(inp)
                 cmd = self._command(deployed, version, flags, warmup_ms=0, iterations=1, export_times=None,
                                     extra=(f"--loadInputs={deployed.input_name}:{inp}", f"--exportOutput={out}"))
@@ -100,12 +100,12 @@ class TrtexecRunner(TensorRTArtifacts):
         version, flags = self._probe()
         summaries: list[dict[str, Any]] = [{} for _ in deployed]
         settings: list[dict[str, Any]] = [{} for _ in deployed]
-        with tempfile.TemporaryDirectory(prefix="edgeprune-trtexec-") as tmp:
+        with scratch_dir("edgeprune-trtexec-") as tmp:
             count = itertools.count()
 
             def block_of(i: int):
                 def run() -> list[float]:
-                    export = Path(tmp) / f"times-{i}-{next(count)}.json"
+                    export = tmp / f"times-{i}-{next(count)}.json"
                     cmd = self._command(deployed[i], version, flags, warmup_ms=self.warmup_ms, iterations=iters,
                                         export_times=export, duration_s=math.ceil(min_block_s))
                     text = self._run(cmd.argv)
