@@ -1,7 +1,8 @@
 """One rank of a small DDP fine-tune, run by tests/test_distributed.py under torchrun (not a test module).
 
 Rank 0 fine-tunes through training.fit, which broadcasts the step; the other ranks follow. Each rank writes
-what it saw to OUT/rank<N>.json. DISAGREE=1 gives every rank a different seed (a config the ranks disagree on)."""
+what it saw to OUT/rank<N>.json. DISAGREE=1 gives every rank a different seed (a config the ranks disagree on);
+FOLLOWER_FAILS=1 makes rank 1's fine-tuning raise in its first step (rank 0 must then fail, not wait forever)."""
 from __future__ import annotations
 
 import json
@@ -38,9 +39,20 @@ def main(out: Path) -> None:
                 seen["after"] = accuracy_torch(model, data)
                 seen["digests"] = [weights_digest(model)]
             else:
+                if os.environ.get("FOLLOWER_FAILS"):
+                    from edgeprune.training import loop
+
+                    def broken(*args, **kwargs):
+                        raise RuntimeError("rank 1's data went away")
+
+                    loop.fit_here = broken
                 seen["digests"] = distributed.follow(config, group)
     except ConfigError as exc:
         seen["error"] = exc.message
+    except RuntimeError as exc:  # written down, then raised: this rank ends as failed
+        seen["error"] = str(exc).splitlines()[0]
+        (out / f"rank{rank}.json").write_text(json.dumps(seen))
+        raise
     (out / f"rank{rank}.json").write_text(json.dumps(seen))
 
 

@@ -55,6 +55,16 @@ def test_ranks_that_disagree_on_the_config_are_refused(tmp_path):
         assert "digests" not in seen
 
 
+def test_a_follower_that_fails_ends_the_job_instead_of_hanging_it(tmp_path):
+    """Rank 1 raises inside its fine-tuning step: it leaves without waiting at the teardown barrier, so rank 0's
+    collective fails on the closed connection and the job ends non-zero (within the timeout: a hang fails here)."""
+    done = torchrun(str(HERE / "ddp_worker.py"), str(tmp_path), env={"FOLLOWER_FAILS": "1"}, timeout=120)
+    assert done.returncode != 0
+    follower = json.loads((tmp_path / "rank1.json").read_text())
+    assert follower["error"] == "rank 1's data went away"
+    assert "RuntimeError" in done.stderr
+
+
 def test_one_process_is_not_distributed(monkeypatch):
     monkeypatch.delenv("WORLD_SIZE", raising=False)
     with distributed.session(BuildConfig()) as group:

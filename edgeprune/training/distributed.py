@@ -95,24 +95,31 @@ def session(config, user_loop: bool = False) -> Iterator[Group | None]:
         raise
     _GROUP = group
     log.info("rank %d of %d (%s)", group.rank, group.world, backend)
+    failed = False
     try:
         yield group
+    except BaseException:
+        failed = True
+        raise
     finally:
         try:
             if group.leader:
                 group.command("stop")
         finally:
             _GROUP = None
-            _close()
+            _close(meet=not failed)
 
 
-def _close() -> None:
-    """Every rank meets at a barrier, then takes the group down. Without the barrier, rank 0 could tear down its
-    gloo pairs while another rank was still reading the last broadcast: seen here as rank 0 aborting with
-    "terminate called without an active exception" in 2 of 25 two-rank runs of tests/ddp_worker.py, and in 1 of
-    115 with the barrier. A rank that cannot reach the barrier (another rank died) still takes its group down."""
+def _close(meet: bool = True) -> None:
+    """Take the group down; when this rank ends normally, first meet every other rank at a barrier. Without it,
+    rank 0 could tear down its gloo pairs while another rank was still reading the last broadcast: seen here as
+    rank 0 aborting with "terminate called without an active exception" in 2 of 25 two-rank runs of
+    tests/ddp_worker.py, and in 1 of 115 with the barrier. A rank that failed does not wait (the others may be
+    inside another collective, which a barrier would not match: they get a closed connection instead), and a
+    barrier that fails because a peer is gone still ends in the teardown."""
     try:
-        dist.barrier()
+        if meet:
+            dist.barrier()
     except Exception as exc:  # the other side is gone: nothing left to wait for
         log.debug("barrier before teardown failed: %s", exc)
     finally:
