@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from ..config import as_finite
-from ..errors import ConfigError
+from ..errors import ConfigError, first_line
 from .loop import TrainStatus, accuracy_torch, fit
 from .options import FINETUNE_LR, TrainOptions
 
@@ -177,7 +177,3 @@ def _differences(before: dict[str, tuple], after: dict[str, tuple]) -> str:
     resized = [k for k in before if before[k] != after[k]]
     return f"{resized[0]} is {list(after[resized[0]])}, was {list(before[resized[0]])}" if resized else ""
 
-
-def first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0][:200] if text else "no message"

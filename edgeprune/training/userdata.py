@@ -7,7 +7,7 @@ import re
 
 import torch
 
-from ..errors import ConfigError
+from ..errors import ConfigError, first_line
 
 _FACTORY = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
 
@@ -18,7 +18,7 @@ def is_factory(spec: str | None) -> bool:
 
 def factory_data(spec: str, input_shape: tuple[int, ...] | None):
     from ..data import DataBundle
-    from .trainer import first_line, load_callable
+    from .trainer import load_callable
 
     factory = load_callable(spec, "data")
     try:
