@@ -20,7 +20,7 @@ from ..files import MANIFEST, atomic_write_text, file_hashes, write_json
 from . import plots
 from .manifest import UnsafeArtifact, inside, modified_files
 from .markdown import (accuracy_row_label, count_text, num_text, precision_lines, render_report,
-                       score_text, verdict_text)
+                       score_text, user_metric, verdict_text)
 from .schema import migrate
 
 log = logging.getLogger(__name__)
@@ -100,6 +100,7 @@ def render_html(r: dict[str, Any]) -> str:
     f = r["final"]
     b = {"percentile": f["percentile"]}
     base = r["iterations"][0]
+    metric = user_metric(r)
     title = f"edgeprune build: {r['model']['name']} on {r['device']['name']}"
     met = bool(r.get("budget_met"))
     verdict = verdict_text(r)
@@ -109,7 +110,7 @@ def render_html(r: dict[str, Any]) -> str:
          f"{f['speedup']:.2f}x faster"),
         ("MACs", count_text(base["macs"]), count_text(f["macs"]), f"{f['macs_reduction']:.2f}x fewer"),
         ("parameters", count_text(base["params"]), count_text(f["params"]), f"{f['params_reduction']:.2f}x fewer"),
-        (accuracy_row_label(r), score_text(r, base.get("accuracy")), score_text(r, f.get("accuracy")),
+        (accuracy_row_label(metric), score_text(metric, base.get("accuracy")), score_text(metric, f.get("accuracy")),
          "" if f.get("accuracy_drop") is None else f"{-f['accuracy_drop']:+.2f} points"),
         ("weights (bytes)", _int(base["memory"].get("weights_bytes")), _int(f["memory"].get("weights_bytes")), ""),
         ("runtime peak memory (MB)", num_text(base["memory"].get("peak_mb")), num_text(f["memory"].get("peak_mb")), ""),
@@ -128,7 +129,7 @@ def render_html(r: dict[str, Any]) -> str:
         iter_rows.append((str(it["index"]), f"{it.get('ratio', 0.0):.3f}", str(it.get("precision", "fp32")),
                           f"{it['macs'] / 1e6:.2f}",
                           count_text(it["params"]),
-                          f"{it['latency_ms']:.3f}", vs, score_text(r, it.get("accuracy")),
+                          f"{it['latency_ms']:.3f}", vs, score_text(metric, it.get("accuracy")),
                           "-" if budget_met is None else ("met" if budget_met else "over"), note))
     lat = r["iterations"][f["index"]]["latency"]
     runner = r.get("runner") or {}

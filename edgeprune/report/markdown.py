@@ -29,6 +29,7 @@ def render_report(r: dict[str, Any]) -> str:
     f = r["final"]
     base = r["iterations"][0]
     percentile = f["percentile"]
+    metric = user_metric(r)
     lines = [
         f"# edgeprune build: {r['model']['name']} on {r['device']['name']}",
         "",
@@ -41,7 +42,8 @@ def render_report(r: dict[str, Any]) -> str:
         f"| MACs | {count_text(base['macs'])} | {count_text(f['macs'])} | {f['macs_reduction']:.2f}x fewer |",
         f"| parameters | {count_text(base['params'])} | {count_text(f['params'])} | "
         f"{f['params_reduction']:.2f}x fewer |",
-        f"| {accuracy_row_label(r)} | {score_text(r, base['accuracy'])} | {score_text(r, f['accuracy'])} | "
+        f"| {accuracy_row_label(metric)} | {score_text(metric, base['accuracy'])} | "
+        f"{score_text(metric, f['accuracy'])} | "
         f"{_drop(f['accuracy_drop'])} |",
         f"| weights (bytes) | {_bytes(base['memory']['weights_bytes'])} | {_bytes(f['memory']['weights_bytes'])} | |",
         f"| runtime peak memory (MB) | {num_text(base['memory']['peak_mb'])} | {num_text(f['memory']['peak_mb'])} | |",
@@ -67,7 +69,7 @@ def render_report(r: dict[str, Any]) -> str:
             note += f"; **{it.get('precision')} dropped**: {it['dropped']}"
         lines.append(f"| {it['index']} | {it['ratio']:.3f} | {it.get('precision', 'fp32')} | {it['macs'] / 1e6:.2f} | "
                      f"{count_text(it['params'])} | "
-                     f"{it['latency_ms']:.3f} | {vs} | {score_text(r, it['accuracy'])} | {met} | {note} |")
+                     f"{it['latency_ms']:.3f} | {vs} | {score_text(metric, it['accuracy'])} | {met} | {note} |")
     lat = r["iterations"][f["index"]]["latency"]
     lines += [
         "",
@@ -83,8 +85,8 @@ def render_report(r: dict[str, Any]) -> str:
         "block medians, and the ratio to the unpruned model the median of per-block ratios (95% bootstrap "
         "interval in brackets).",
         f"- Memory: {f['memory']['peak_source']}.",
-        (f"- Accuracy: {user_metric(r)[len('user: '):]}'s score of the ONNX artifact (the user's metric, not "
-         "edgeprune's top-1; drops are in its units)." if user_metric(r) else
+        (f"- Accuracy: {metric[len('user: '):]}'s score of the ONNX artifact (the user's metric, not "
+         "edgeprune's top-1; drops are in its units)." if metric else
          f"- Accuracy: top-1 of the ONNX artifact on {r['data']['val']} held-out {r['data']['name']} images "
          f"(trained/fine-tuned on {r['data']['train']})."),
         f"- Host: {r['host']['cpu_model']} ({r['host']['cpu_cores']} cores); versions: "
@@ -152,13 +154,14 @@ def user_metric(r: dict[str, Any]) -> str | None:
     return metric if metric and metric.startswith("user:") else None
 
 
-def accuracy_row_label(r: dict[str, Any]) -> str:
-    metric = user_metric(r)
+def accuracy_row_label(metric: str | None) -> str:
+    """The accuracy row's label for user_metric(r)'s answer."""
     return f"score ({metric}, ONNX artifact)" if metric else "accuracy (ONNX artifact, val)"
 
 
-def score_text(r: dict[str, Any], x: float | None) -> str:
-    return ("n/a" if x is None else f"{x:.4g}") if user_metric(r) else pct_text(x)
+def score_text(metric: str | None, x: float | None) -> str:
+    """A figure in user_metric(r)'s units: the user's score as it is, edgeprune's top-1 as a percent."""
+    return ("n/a" if x is None else f"{x:.4g}") if metric else pct_text(x)
 
 
 def _drop(drop: float | None) -> str:
